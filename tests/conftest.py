@@ -1,0 +1,23 @@
+"""Test set-up: 8 fake CPU devices (before jax is imported), quiet TensorFlow."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus_dir(tmp_path_factory):
+    """The demo's tiny synthetic corpus, generated once per test session."""
+    from helpers import DEMO, load_config
+
+    from emosup.data.corpora import synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    cfg = load_config(DEMO, f"tiny=1,synthetic_dir={out}")
+    synthetic.generate(out, synthetic.SyntheticConfig(**cfg.data.synthetic.to_dict()), progress=False)
+    return pathlib.Path(out)
