@@ -27,6 +27,7 @@ setup(
         "tensorflow-cpu>=2.16",
         "tensorflow-datasets",
         "pyyaml",
+        "safetensors",  # reading HF .safetensors checkpoints without torch
         "tqdm",
         "matplotlib",
     ],
@@ -39,7 +40,6 @@ setup(
             "torch==2.13.0",
             "speechbrain",
             "transformers",
-            "safetensors",
         ],
     },
 )

@@ -269,7 +269,7 @@ def _frames(x: jax.Array) -> jax.Array:
     return jnp.concatenate([c[:, :t], c[:, 1 : t + 1], c[:, 2 : t + 2, :tail]], axis=-1)
 
 
-def fbank(wavs) -> jax.Array:
+def fbank(wavs, valid_frames=None) -> jax.Array:
     """SpeechBrain ``Fbank(n_mels=80)`` in jnp: ``[N]`` or ``[B, N]`` -> ``[B, T, 80]`` float32.
 
     T = 1 + N // 160. A 1-D input is treated as a batch of one (as ``encode_batch`` does).
@@ -278,12 +278,19 @@ def fbank(wavs) -> jax.Array:
 
     Uses ``jnp.fft.rfft``: on CPU for (8, 48000) it measured ~1.8 ms vs ~3.8 ms for a
     [400, 402] matmul DFT (jax 0.10.2, 2 cores), so the FFT is kept.
+
+    valid_frames (optional int [B]): take each row's dB floor over its first valid_frames
+    frames only, so a row padded at the end gets the floor its unpadded audio would get.
     """
     x = _as_batch(wavs, jnp).astype(jnp.float32)  # Fbank casts inputs to float32
     spec = jnp.fft.rfft(_frames(x) * _WIN_F32, axis=-1)  # [B, T, 201]
     power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
     db = 10.0 * jnp.log10(jnp.maximum(power @ _MEL_F32, AMIN))
-    floor = jnp.max(db, axis=(1, 2), keepdims=True) - TOP_DB
+    if valid_frames is None:
+        floor = jnp.max(db, axis=(1, 2), keepdims=True) - TOP_DB
+    else:
+        valid = jnp.arange(db.shape[1])[None, :, None] < jnp.asarray(valid_frames)[:, None, None]
+        floor = jnp.max(jnp.where(valid, db, -jnp.inf), axis=(1, 2), keepdims=True) - TOP_DB
     return jnp.maximum(db, floor)
 
 
@@ -359,3 +366,22 @@ def speechbrain_features(
     else:
         rel = relative_lengths(sample_lengths, n)
     return sentence_mean_norm(feats, rel), frame_lengths(rel, feats.shape[1])
+
+
+def utterance_features(wavs, sample_lengths) -> Tuple[jax.Array, jax.Array]:
+    """Per-utterance front end, independent of how utterances are batched and padded.
+
+    wavs ``[B, N]`` zero-padded at the end, sample_lengths int ``[B]``. Row b equals, on its
+    first ``1 + n_b // 160`` frames, what SpeechBrain's ``encode_batch`` front end (Fbank, then
+    sentence mean normalisation) computes for that utterance alone, unpadded: frames before
+    the end see the same samples and zeros, and the dB floor and the mean use only those
+    frames. Returns (feats [B, T, 80], valid frame counts [B] as float32). Pair it with an
+    encoder built with ``per_utterance_padding=True`` for embeddings equal to SpeechBrain's
+    on each utterance alone.
+    """
+    x = _as_batch(wavs, jnp)
+    n_valid = 1 + jnp.asarray(sample_lengths, jnp.int32) // HOP
+    feats = fbank(x, n_valid)
+    mask = (jnp.arange(feats.shape[1])[None, :] < n_valid[:, None]).astype(feats.dtype)
+    mean = jnp.einsum("bt,btf->bf", mask, feats) / n_valid[:, None].astype(feats.dtype)
+    return feats - mean[:, None, :], n_valid.astype(jnp.float32)

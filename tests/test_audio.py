@@ -315,3 +315,27 @@ def test_crop_or_pad():
     assert A.crop_or_pad(w, 4, 3).dtype == np.float32
     with pytest.raises(ValueError, match=r"length \(-1\) and offset \(0\) must be >= 0"):
         A.crop_or_pad(w, -1)
+
+
+def test_utterance_features_equal_speechbrain_on_each_utterance_alone(sb_fbank):
+    """A padded row gives, on its own frames, SpeechBrain's front end of the unpadded utterance."""
+    rng = np.random.default_rng(7)
+    lengths = [48000, 31234, 16000, 8050]
+    x = np.zeros((4, 48000 + 800), np.float32)
+    for i, n in enumerate(lengths):
+        x[i, :n] = _speech_like(n, 110 + 30 * i, rng)
+        x[i, n:] = 0.0
+    feats, n_valid = A.utterance_features(jnp.asarray(x), jnp.asarray(lengths))
+    norm = InputNormalization(norm_type="sentence", std_norm=False).eval()
+    for i, n in enumerate(lengths):
+        assert int(n_valid[i]) == A.num_frames(n)
+        with torch.no_grad():
+            ref = norm(torch.from_numpy(_sb(sb_fbank, x[i:i + 1, :n])), torch.ones(1)).numpy()[0]
+        ours = np.asarray(feats[i, :A.num_frames(n)])
+        assert np.max(np.abs(ours - ref)) <= FAR_TOL, np.max(np.abs(ours - ref))
+    # Independence from padding: the same utterance padded more gives the same features.
+    more = np.zeros((1, 64000), np.float32)
+    more[0, :8050] = x[3, :8050]
+    f2, _ = A.utterance_features(jnp.asarray(more), jnp.asarray([8050]))
+    np.testing.assert_allclose(np.asarray(f2[0, :A.num_frames(8050)]),
+                               np.asarray(feats[3, :A.num_frames(8050)]), atol=1e-4)
