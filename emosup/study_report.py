@@ -1,0 +1,296 @@
+"""Clustering study (PAPER.md, Claim 1): do a speaker's embeddings cluster by emotion?
+
+Pure analysis on given arrays: the caller embeds the audio and passes per-utterance
+embeddings, speakers, emotions and mean/std log-mel statistics. ``run_study`` returns the
+``study.json`` dict, ``write_study`` writes the JSON, a Markdown table and two PNGs.
+
+Methods compared on the same utterances (all scored *within each speaker* against the
+emotion labels, then averaged over speakers weighted by utterance count):
+
+* ``speaker_kmeans``: k-means per speaker on the L2-normalised embeddings.
+* ``chance``: the speaker_kmeans labels randomly permuted inside each speaker (same
+  cluster sizes), averaged over ``n_chance`` seeds.
+* ``global_kmeans``: one k-means over all utterances with the same k; inside each speaker
+  the global cluster ids of its utterances are compared with the emotions.
+* ``logmel_kmeans``: k-means per speaker on the log-mel statistics, z-scored per feature
+  over the study's utterances (our choice: the raw statistics mix scales) and not
+  L2-normalised.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from emosup import cluster as C
+
+METHODS = ("speaker_kmeans", "chance", "global_kmeans", "logmel_kmeans")
+_LABELS = {"speaker_kmeans": "speaker k-means (embeddings)", "chance": "chance (same sizes)",
+           "global_kmeans": "global k-means", "logmel_kmeans": "speaker k-means (log-mel)"}
+_COLS = (("cluster_accuracy", "Cluster acc."), ("purity", "Purity"), ("nmi", "NMI"),
+         ("ari", "ARI"))
+
+
+def _check_inputs(embeddings, speakers, emotions, logmel_stats):
+    emb = np.asarray(embeddings, dtype=np.float32)
+    spk = np.asarray(speakers).astype(str)
+    emo = np.asarray(emotions).astype(str)
+    lm = np.asarray(logmel_stats, dtype=np.float32)
+    if emb.ndim != 2:
+        raise ValueError(f"study_report.py: embeddings must be [N, D], got shape {emb.shape}")
+    n = len(emb)
+    for name, arr, nd in (("speakers", spk, 1), ("emotions", emo, 1), ("logmel_stats", lm, 2)):
+        if arr.ndim != nd or len(arr) != n:
+            raise ValueError(f"study_report.py: {name} must have {nd} dim(s) and N={n} rows "
+                             f"(one per embedding), got shape {arr.shape}")
+    if not (np.isfinite(emb).all() and np.isfinite(lm).all()):
+        raise ValueError("study_report.py: embeddings/logmel_stats contain NaN or inf")
+    return emb, spk, emo, lm
+
+
+def _wmean_std(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    m = float(np.average(values, weights=weights))
+    return m, float(math.sqrt(np.average((values - m) ** 2, weights=weights)))
+
+
+def _per_speaker(groups, emo, labels) -> list[dict]:
+    return [C.agreement(emo[g], labels[g]) for g in groups]
+
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python, NaN to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not np.isfinite(obj) else float(obj)
+    return obj
+
+
+def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = None,
+              seed: int = 0, encoder: str, corpus: str, split_name: str,
+              n_chance: int = 10, k_sweep_max: int = 8) -> dict:
+    """Run the clustering study on one split -> the ``study.json`` dict.
+
+    embeddings [N, D], speakers (N,), emotions (N,) str, logmel_stats [N, F].
+    k defaults to the number of distinct emotions. Speakers with < 2 utterances are left
+    out and listed under "skipped_speakers". Besides the required keys the dict holds
+    "methods_std" (utterance-weighted std across speakers), "k_sweep" (speaker_kmeans
+    cluster_accuracy/NMI/silhouette for k = 2..min(k_sweep_max, largest speaker - 1)),
+    "silhouette_k" (the k a label-free silhouette criterion picks) and "notes".
+    """
+    emb, spk, emo, lm = _check_inputs(embeddings, speakers, emotions, logmel_stats)
+    names, counts = np.unique(spk, return_counts=True)
+    small = names[counts < 2]
+    skipped = [{"speaker": str(s), "utterances": int(c), "reason": "fewer than 2 utterances"}
+               for s, c in zip(names, counts) if c < 2]
+    keep = ~np.isin(spk, small)
+    emb, spk, emo, lm = emb[keep], spk[keep], emo[keep], lm[keep]
+    if len(emb) == 0:
+        raise ValueError("study_report.py: no speaker has 2 or more utterances")
+    emotions_list = sorted(set(emo.tolist()))
+    k = len(emotions_list) if k is None else int(k)
+    if k < 2:
+        raise ValueError(f"study_report.py: need k >= 2 clusters, got k={k}")
+    names, groups = C._speaker_groups(spk)
+    sizes = np.array([len(g) for g in groups], dtype=np.float64)
+
+    labels = {"speaker_kmeans": C.per_speaker_kmeans(emb, spk, k, seed=seed),
+              "global_kmeans": C.global_kmeans(emb, k, seed=seed)}
+    mu, sd = lm.mean(axis=0), lm.std(axis=0)
+    lm_z = (lm - mu) / np.where(sd > 0, sd, 1.0)
+    labels["logmel_kmeans"] = C.per_speaker_kmeans(lm_z, spk, k, seed=seed, l2_normalize=False)
+
+    per = {m: _per_speaker(groups, emo, labels[m]) for m in labels}
+    chance_runs = [_per_speaker(groups, emo,
+                                C.chance_assignment(labels["speaker_kmeans"], seed + r, spk))
+                   for r in range(n_chance)]
+    per["chance"] = [{m: float(np.mean([run[i][m] for run in chance_runs])) for m in C.METRICS}
+                     for i in range(len(groups))]
+
+    methods, methods_std = {}, {}
+    for meth in METHODS:
+        methods[meth], methods_std[meth] = {}, {}
+        for m in C.METRICS:
+            mean, std = _wmean_std(np.array([d[m] for d in per[meth]]), sizes)
+            methods[meth][m], methods_std[meth][m] = mean, std
+
+    per_speaker = []
+    for i, name in enumerate(names):
+        row = {"speaker": str(name), "utterances": int(sizes[i]),
+               "emotions": {e: int(c) for e, c in zip(*np.unique(emo[groups[i]],
+                                                                  return_counts=True))}}
+        row.update(per["speaker_kmeans"][i])
+        row["methods"] = {meth: per[meth][i] for meth in METHODS if meth != "speaker_kmeans"}
+        per_speaker.append(row)
+
+    # k sweep and label-free choice of k (the same clusterings serve both).
+    k_hi = min(k_sweep_max, max(2, int(sizes.max()) - 1))
+    ks = list(range(2, k_hi + 1))
+    by_k = {kk: (labels["speaker_kmeans"] if kk == k else C.per_speaker_kmeans(emb, spk, kk, seed=seed))
+            for kk in ks}
+    try:
+        best_k, sil = C.silhouette_k(emb, spk, ks, seed=seed, labels_by_k=by_k)
+    except ValueError:
+        best_k, sil = None, {kk: float("nan") for kk in ks}
+    k_sweep = {}
+    for kk in ks:
+        ps = _per_speaker(groups, emo, by_k[kk])
+        k_sweep[str(kk)] = {
+            m: _wmean_std(np.array([d[m] for d in ps]), sizes)[0] for m in ("cluster_accuracy", "nmi")}
+        k_sweep[str(kk)]["silhouette"] = sil[kk]
+
+    result = {
+        "encoder": encoder, "corpus": corpus, "split": split_name, "k": k,
+        "speakers": len(names), "utterances": int(len(emb)), "emotions": emotions_list,
+        "seed": seed, "methods": methods, "methods_std": methods_std,
+        "per_speaker": per_speaker, "k_sweep": k_sweep,
+        "silhouette_k": {"k": best_k, "scores": {str(kk): sil[kk] for kk in ks}},
+        "skipped_speakers": skipped,
+        "notes": {
+            "averaging": "per-speaker metrics averaged over speakers weighted by utterances; "
+                         "methods_std is the weighted std across speakers",
+            "chance": f"speaker_kmeans labels permuted within each speaker, {n_chance} seeds",
+            "global_kmeans": "one k-means over all utterances with the same k, scored within "
+                             "each speaker",
+            "logmel_kmeans": "per-speaker k-means on log-mel stats z-scored per feature",
+            "small_speakers": "a speaker with n <= k utterances gets n singleton clusters",
+        },
+    }
+    return _clean(result)
+
+
+def _fmt(mean, std) -> str:
+    return "n/a" if mean is None else f"{mean:.3f} ± {std or 0.0:.3f}"
+
+
+def format_table(result: dict) -> str:
+    """Markdown table: one row per method, columns = metrics as mean ± std over speakers."""
+    lines = ["| Method | " + " | ".join(c for _, c in _COLS) + " |",
+             "|---|" + "---:|" * len(_COLS)]
+    std = result.get("methods_std", {})
+    for meth, vals in result["methods"].items():
+        cells = [_fmt(vals.get(m), std.get(meth, {}).get(m)) for m, _ in _COLS]
+        lines.append(f"| {_LABELS.get(meth, meth)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _markdown(result: dict) -> str:
+    out = [f"# Clustering study: {result['encoder']} on {result['corpus']} "
+           f"({result.get('split', '?')})", "",
+           f"k = {result['k']}, {result['speakers']} speakers, {result['utterances']} "
+           f"utterances, emotions: {', '.join(result.get('emotions', []))}.",
+           "Metrics are computed within each speaker and averaged over speakers weighted by "
+           "utterances (± weighted std across speakers).", "", format_table(result), ""]
+    if result.get("k_sweep"):
+        out += ["## k sweep (speaker k-means on embeddings)", "",
+                "| k | Cluster acc. | NMI | Silhouette |", "|---:|---:|---:|---:|"]
+        for kk, v in result["k_sweep"].items():
+            sil = "n/a" if v.get("silhouette") is None else f"{v['silhouette']:.3f}"
+            out.append(f"| {kk} | {v['cluster_accuracy']:.3f} | {v['nmi']:.3f} | {sil} |")
+        out += ["", f"k chosen by silhouette (no labels): {result['silhouette_k']['k']}", ""]
+    out += ["## Per speaker (cluster accuracy)", "",
+            "| Speaker | Utterances | " + " | ".join(_LABELS[m] for m in METHODS) + " |",
+            "|---|---:|" + "---:|" * len(METHODS)]
+    for row in result["per_speaker"]:
+        accs = [row["cluster_accuracy"]] + [row["methods"][m]["cluster_accuracy"]
+                                            for m in METHODS[1:]]
+        out.append(f"| {row['speaker']} | {row['utterances']} | "
+                   + " | ".join(f"{a:.3f}" for a in accs) + " |")
+    if result.get("skipped_speakers"):
+        out += ["", "Skipped: " + ", ".join(f"{s['speaker']} ({s['reason']})"
+                                            for s in result["skipped_speakers"])]
+    return "\n".join(out) + "\n"
+
+
+def _tsne_grid(path, result, emb, spk, emo, max_speakers):
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+    rows = result["per_speaker"][:max_speakers]
+    emotions = result.get("emotions") or sorted(set(emo.tolist()))
+    cmap = plt.get_cmap("tab10" if len(emotions) <= 10 else "tab20")
+    colour = {e: cmap(i % cmap.N) for i, e in enumerate(emotions)}
+    ncol = min(4, max(1, len(rows)))
+    nrow = max(1, math.ceil(len(rows) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
+    x = C._l2n(emb)
+    for ax, row in zip(axes.ravel(), rows):
+        idx = np.nonzero(spk == row["speaker"])[0]
+        n = len(idx)
+        if n >= 4:
+            # perplexity must stay below n; ~n/3 for small speakers, sklearn's default 30 cap.
+            tsne = TSNE(n_components=2, perplexity=float(min(30.0, max(1.0, (n - 1) / 3))),
+                        init="pca", random_state=0)
+            y = tsne.fit_transform(x[idx])
+        else:  # too few points for t-SNE: show the first two coordinates.
+            y = x[idx][:, :2] if x.shape[1] >= 2 else np.c_[x[idx], np.zeros(n)]
+        for e in emotions:
+            sel = emo[idx] == e
+            if sel.any():
+                ax.scatter(y[sel, 0], y[sel, 1], s=10, color=colour[e], label=e)
+        ax.set_title(f"{row['speaker']} (acc {row['cluster_accuracy']:.2f})", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    for ax in axes.ravel()[len(rows):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colour[e], label=e) for e in emotions]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(emotions), 8), fontsize=8)
+    fig.suptitle(f"t-SNE per speaker, coloured by emotion ({result['encoder']})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _agreement_chart(path, result):
+    import matplotlib.pyplot as plt
+    rows = result["per_speaker"]
+    s = len(rows)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * s + 2), 3.6))
+    width = 0.8 / len(METHODS)
+    xs = np.arange(s)
+    for j, meth in enumerate(METHODS):
+        vals = [r["cluster_accuracy"] if meth == "speaker_kmeans"
+                else r["methods"][meth]["cluster_accuracy"] for r in rows]
+        ax.bar(xs + (j - (len(METHODS) - 1) / 2) * width, vals, width, label=_LABELS[meth])
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r["speaker"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("cluster accuracy")
+    ax.set_title(f"Per-speaker agreement with emotion (k={result['k']}, {result['corpus']})",
+                 fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_study(result: dict, out_dir: str, embeddings, speakers, emotions,
+                max_tsne_speakers: int = 12) -> dict:
+    """Write study.json, study.md, study_tsne.png and study_agreement.png into out_dir.
+
+    embeddings/speakers/emotions are the arrays given to ``run_study`` (skipped speakers
+    are simply not drawn). Returns {"json", "md", "tsne", "agreement"} -> path.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    os.makedirs(out_dir, exist_ok=True)
+    emb = np.asarray(embeddings, dtype=np.float32)
+    spk = np.asarray(speakers).astype(str)
+    emo = np.asarray(emotions).astype(str)
+    if not (len(emb) == len(spk) == len(emo)):
+        raise ValueError(f"study_report.py: embeddings/speakers/emotions lengths differ: "
+                         f"{len(emb)}, {len(spk)}, {len(emo)}")
+    paths = {k: os.path.join(out_dir, f) for k, f in (
+        ("json", "study.json"), ("md", "study.md"), ("tsne", "study_tsne.png"),
+        ("agreement", "study_agreement.png"))}
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, allow_nan=False)
+    with open(paths["md"], "w", encoding="utf-8") as f:
+        f.write(_markdown(result))
+    _tsne_grid(paths["tsne"], result, emb, spk, emo, max_tsne_speakers)
+    _agreement_chart(paths["agreement"], result)
+    return paths

@@ -1,0 +1,107 @@
+"""emosup.study_report on synthetic embeddings whose within-speaker clusters follow emotion."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from emosup import study_report as R
+
+EMOTIONS = ("angry", "happy", "neutral", "sad")
+
+
+def _synthetic(seed=0, n_speakers=6, d=16):
+    """Gaussian blob per (speaker, emotion): speaker offsets (scale 10) >> emotion offsets
+    (scale 2) >> noise (0.3); plus one speaker with a single utterance."""
+    rng = np.random.default_rng(seed)
+    x, spk, emo = [], [], []
+    for s in range(n_speakers):
+        offset = rng.normal(size=d) * 10
+        for e in EMOTIONS:
+            n = int(rng.integers(6, 12))
+            x.append(offset + rng.normal(size=d) * 2 + rng.normal(size=(n, d)) * 0.3)
+            spk += [f"spk{s}"] * n
+            emo += [e] * n
+    x.append(rng.normal(size=(1, d)))
+    spk.append("lonely")
+    emo.append("sad")
+    x = np.concatenate(x).astype(np.float32)
+    logmel = rng.normal(size=(len(x), 20)).astype(np.float32)  # carries no emotion
+    return x, np.array(spk), np.array(emo), logmel
+
+
+@pytest.fixture(scope="module")
+def study():
+    x, spk, emo, logmel = _synthetic()
+    res = R.run_study(x, spk, emo, logmel, seed=0, encoder="synthetic", corpus="blobs",
+                      split_name="test", k_sweep_max=5)
+    return res, (x, spk, emo, logmel)
+
+
+def test_schema_and_counts(study):
+    res, (x, spk, emo, _) = study
+    for key in ("encoder", "corpus", "k", "speakers", "utterances", "methods", "per_speaker"):
+        assert key in res
+    assert (res["encoder"], res["corpus"], res["split"]) == ("synthetic", "blobs", "test")
+    assert res["k"] == 4 and res["speakers"] == 6 and res["utterances"] == len(x) - 1
+    assert set(res["methods"]) == {"speaker_kmeans", "chance", "global_kmeans",
+                                   "logmel_kmeans"}
+    for meth in res["methods"].values():
+        assert set(meth) == {"cluster_accuracy", "purity", "nmi", "ari"}
+    assert res["skipped_speakers"] == [{"speaker": "lonely", "utterances": 1,
+                                        "reason": "fewer than 2 utterances"}]
+    assert [r["speaker"] for r in res["per_speaker"]] == [f"spk{s}" for s in range(6)]
+    assert sum(r["utterances"] for r in res["per_speaker"]) == res["utterances"]
+    assert json.loads(json.dumps(res)) == res  # plain JSON types only
+
+
+def test_agreement_values(study):
+    res, _ = study
+    m = res["methods"]
+    assert m["speaker_kmeans"]["cluster_accuracy"] > 0.97
+    assert m["speaker_kmeans"]["nmi"] > 0.95
+    assert 0.25 <= m["chance"]["cluster_accuracy"] < 0.55
+    assert abs(m["chance"]["ari"]) < 0.1
+    # One global clustering splits speakers, so inside a speaker it is ~one cluster.
+    assert m["global_kmeans"]["cluster_accuracy"] < 0.45 and m["global_kmeans"]["nmi"] < 0.2
+    assert m["logmel_kmeans"]["cluster_accuracy"] < 0.6
+    # The reported mean is the utterance-weighted mean of the per-speaker rows.
+    rows = res["per_speaker"]
+    w = np.array([r["utterances"] for r in rows])
+    acc = np.array([r["cluster_accuracy"] for r in rows])
+    assert m["speaker_kmeans"]["cluster_accuracy"] == pytest.approx(np.average(acc, weights=w))
+    g = np.array([r["methods"]["global_kmeans"]["nmi"] for r in rows])
+    assert m["global_kmeans"]["nmi"] == pytest.approx(np.average(g, weights=w))
+    std = res["methods_std"]["chance"]["cluster_accuracy"]
+    assert 0 < std < 0.2
+    assert set(res["k_sweep"]) == {"2", "3", "4", "5"}
+    assert res["k_sweep"]["4"]["cluster_accuracy"] == m["speaker_kmeans"]["cluster_accuracy"]
+    assert res["k_sweep"]["2"]["cluster_accuracy"] < 0.75
+    assert res["silhouette_k"]["k"] == 4
+
+
+def test_write_study_files(study, tmp_path):
+    res, (x, spk, emo, _) = study
+    paths = R.write_study(res, str(tmp_path), x, spk, emo, max_tsne_speakers=4)
+    assert set(paths) == {"json", "md", "tsne", "agreement"}
+    for p in paths.values():
+        assert os.path.getsize(p) > 0
+    for key in ("tsne", "agreement"):
+        with open(paths[key], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(paths["json"], encoding="utf-8") as f:
+        assert json.load(f) == res
+    md = open(paths["md"], encoding="utf-8").read()
+    table = R.format_table(res)
+    assert table in md
+    lines = table.splitlines()
+    assert lines[0] == "| Method | Cluster acc. | Purity | NMI | ARI |" and len(lines) == 6
+    assert lines[2].startswith("| speaker k-means (embeddings) | 1.000 ± 0.000")
+    assert "lonely (fewer than 2 utterances)" in md
+
+
+def test_bad_input_is_named():
+    x, spk, emo, logmel = _synthetic(n_speakers=2)
+    with pytest.raises(ValueError, match=r"study_report.py: emotions must have 1 dim\(s\) "
+                                         r"and N=\d+ rows"):
+        R.run_study(x, spk, emo[:-1], logmel, encoder="e", corpus="c", split_name="s")
