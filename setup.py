@@ -28,6 +28,7 @@ setup(
         "tensorflow-datasets",
         "pyyaml",
         "safetensors",  # reading HF .safetensors checkpoints without torch
+        "tensorboard",  # TensorBoard summaries (tf.summary needs it)
         "tqdm",
         "matplotlib",
     ],

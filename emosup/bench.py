@@ -1,0 +1,248 @@
+"""Speed, side by side with the references, in one process on one machine.
+
+  python -m emosup.bench [--presets=tiny,c512,c1024] [--out=bench.json] [--quick]
+
+Rows (each: emosup time, reference time, ratio = reference / emosup, > 1 means emosup is faster):
+* ECAPA train step (Fbank + mean norm + ECAPA + AAM-softmax + Adam update), Flax/jit vs
+  SpeechBrain's PyTorch ECAPA_TDNN with the same loss and optimiser, on the same batch;
+* Fbank: JAX (jit) vs SpeechBrain `Fbank(n_mels=80)` vs librosa;
+* per-speaker k-means: batched JAX Lloyd vs a scikit-learn `KMeans` loop over speakers, from
+  the same initial centres.
+Times are medians over repeated calls after warm-up (compile time is reported apart).
+PyTorch, SpeechBrain and librosa are the test extras; rows whose reference is missing say so.
+"""
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from emosup import audio, cluster, losses, optim, parallel
+from emosup.models import ecapa
+
+
+def _median_time(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _speechlike(batch, n, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / audio.SAMPLE_RATE
+    f0 = rng.uniform(90, 250, (batch, 1))
+    x = sum(np.sin(2 * np.pi * h * f0 * t) / h for h in range(1, 12))
+    return (0.1 * x + 0.01 * rng.normal(size=(batch, n))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- ECAPA step
+def _jax_ecapa_step(preset, wavs, labels, n_spk):
+    from flax.training import train_state
+
+    from emosup import train
+    from emosup.models.speaker import speaker_variables
+
+    mesh = parallel.make_mesh()
+    enc = ecapa.build_ecapa(preset)
+    feat_shape = (1, 1 + wavs.shape[1] // audio.HOP, 80)
+    v = speaker_variables(enc, n_spk, jax.random.key(0), feat_shape)
+    cfg = type("O", (), dict(lr=1e-3, weight_decay=2e-6, warmup_steps=0, schedule="constant",
+                             final_lr_fraction=1.0, grad_clip=0.0))
+    tx, _ = optim.make_optimizer(cfg, 100)
+    state = train.TrainState.create(apply_fn=enc.apply, params=v["params"], tx=tx,
+                                    batch_stats=v["batch_stats"], nonfinite=jnp.zeros((), jnp.int32))
+    state = parallel.replicate(state, mesh)
+    step = jax.jit(train.make_train_step(enc, (0.2, 30.0)), donate_argnums=0,
+                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+    batch = parallel.to_global({"audio": wavs, "lengths": np.full(len(wavs), wavs.shape[1], np.int32),
+                                "labels": labels, "weights": np.ones(len(wavs), np.float32)}, mesh)
+    box = [state]
+
+    def run():
+        box[0], m = step(box[0], batch)
+        jax.block_until_ready(m)
+
+    t = time.perf_counter()
+    run()
+    compile_s = time.perf_counter() - t
+    return run, compile_s
+
+
+def _torch_ecapa_step(preset, wavs, labels, n_spk):
+    import torch
+    from speechbrain.lobes.features import Fbank
+    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+    from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
+    from speechbrain.processing.features import InputNormalization
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    kw = dict(ecapa.PRESETS[preset])
+    model = ECAPA_TDNN(kw.pop("input_size", 80), **{k: v for k, v in kw.items() if k in (
+        "channels", "kernel_sizes", "dilations", "attention_channels", "res2net_scale", "se_channels",
+        "global_context", "lin_neurons")})
+    weight = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n_spk, kw["lin_neurons"])))
+    fbank, norm = Fbank(n_mels=80), InputNormalization(norm_type="sentence", std_norm=False)
+    loss_fn = LogSoftmaxWrapper(AdditiveAngularMargin(margin=0.2, scale=30))
+    opt = torch.optim.Adam(list(model.parameters()) + [weight], lr=1e-3, weight_decay=2e-6)
+    x, y = torch.tensor(wavs), torch.tensor(labels, dtype=torch.long)[:, None]
+    lens = torch.ones(len(wavs))
+    model.train()
+
+    def run():
+        opt.zero_grad()
+        feats = norm(fbank(x), lens)
+        emb = model(feats, lens)[:, 0]
+        cos = torch.nn.functional.linear(torch.nn.functional.normalize(emb),
+                                         torch.nn.functional.normalize(weight))
+        loss = loss_fn(cos[:, None], y)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def bench_ecapa(presets, batch, seconds, repeats):
+    rows = []
+    n = int(seconds * audio.SAMPLE_RATE)
+    wavs = _speechlike(batch, n)
+    n_spk = 100
+    labels = (np.arange(batch) % n_spk).astype(np.int32)
+    for preset in presets:
+        run_jax, compile_s = _jax_ecapa_step(preset, wavs, labels, n_spk)
+        t_jax = _median_time(run_jax, repeats)
+        row = {"name": f"ECAPA train step [{preset}] B={batch} {seconds:g}s", "emosup_s": t_jax,
+               "compile_s": compile_s}
+        try:
+            run_torch = _torch_ecapa_step(preset, wavs, labels, n_spk)
+            row.update(reference="SpeechBrain ECAPA_TDNN (PyTorch)",
+                       reference_s=_median_time(run_torch, repeats))
+        except ImportError as e:
+            row.update(reference=f"unavailable ({e.name} not installed)", reference_s=None)
+        rows.append(row)
+        _print_row(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- Fbank
+def bench_fbank(batch, seconds, repeats):
+    n = int(seconds * audio.SAMPLE_RATE)
+    wavs = _speechlike(batch, n)
+    f = jax.jit(audio.fbank)
+    x = jnp.asarray(wavs)
+    jax.block_until_ready(f(x))
+    t_jax = _median_time(lambda: jax.block_until_ready(f(x)), repeats)
+    rows = []
+    name = f"Fbank 80 mels B={batch} {seconds:g}s"
+    try:
+        import torch
+        from speechbrain.lobes.features import Fbank
+
+        sb = Fbank(n_mels=80)
+        xt = torch.tensor(wavs)
+        with torch.no_grad():
+            t_sb = _median_time(lambda: sb(xt), repeats)
+        rows.append({"name": name, "emosup_s": t_jax, "reference": "SpeechBrain Fbank (PyTorch)",
+                     "reference_s": t_sb})
+    except ImportError as e:
+        rows.append({"name": name, "emosup_s": t_jax, "reference": f"unavailable ({e.name})", "reference_s": None})
+    try:
+        import librosa
+
+        def lib():
+            s = librosa.feature.melspectrogram(y=wavs, sr=audio.SAMPLE_RATE, n_fft=400, hop_length=160,
+                                               win_length=400, window="hamming", n_mels=80, htk=True,
+                                               norm=None, center=True, pad_mode="constant", power=2.0)
+            return librosa.power_to_db(s, amin=1e-10, top_db=None)
+
+        rows.append({"name": name, "emosup_s": t_jax, "reference": "librosa melspectrogram + power_to_db",
+                     "reference_s": _median_time(lib, repeats)})
+    except ImportError as e:
+        rows.append({"name": name, "emosup_s": t_jax, "reference": f"unavailable ({e.name})", "reference_s": None})
+    for r in rows:
+        _print_row(r)
+    return rows
+
+
+# ----------------------------------------------------------------------------- k-means
+def bench_kmeans(n_speakers, per_speaker, dim, k, repeats):
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(per_speaker // 2, per_speaker * 3 // 2 + 1, n_speakers)
+    speakers = np.repeat(np.arange(n_speakers), counts)
+    x = rng.normal(size=(len(speakers), dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    padded, mask, index, _ = cluster.group_by_speaker(x, speakers)
+    init = np.asarray(cluster.kmeans_plusplus_init(0, padded, mask, k))
+
+    def run_jax():
+        jax.block_until_ready(cluster.batched_kmeans(padded, mask, init))
+
+    run_jax()
+    t_jax = _median_time(run_jax, repeats, warmup=0)
+
+    def run_sklearn():
+        for s in range(n_speakers):
+            pts = padded[s][mask[s]]
+            KMeans(n_clusters=k, init=init[s], n_init=1, algorithm="lloyd").fit(pts)
+
+    t_sk = _median_time(run_sklearn, max(1, repeats // 2), warmup=0)
+    row = {"name": f"per-speaker k-means {len(x)} utt, {n_speakers} spk, {dim}-d, k={k}",
+           "emosup_s": t_jax, "reference": "scikit-learn KMeans loop over speakers", "reference_s": t_sk}
+    _print_row(row)
+    return [row]
+
+
+def _print_row(row):
+    ref = row.get("reference_s")
+    ratio = (ref / row["emosup_s"]) if ref else None
+    row["ratio"] = ratio
+    comp = f" (compile {row['compile_s']:.1f}s)" if "compile_s" in row else ""
+    print(f"{row['name']:<48} emosup {row['emosup_s'] * 1e3:9.2f} ms{comp} | "
+          f"{row['reference']:<40} {'' if ref is None else f'{ref * 1e3:9.2f} ms'} | "
+          f"{'' if ratio is None else f'{ratio:5.2f}x'}", flush=True)
+
+
+def main(argv):
+    del argv
+    quick = FLAGS.quick
+    presets = [p for p in FLAGS.presets.split(",") if p]
+    print(f"emosup bench — {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}")
+    rows = []
+    rows += bench_fbank(batch=8, seconds=3.0, repeats=5 if quick else 20)
+    rows += bench_kmeans(n_speakers=200 if quick else 1000, per_speaker=40, dim=192, k=4,
+                         repeats=2 if quick else 3)
+    rows += bench_ecapa(presets, batch=FLAGS.batch, seconds=FLAGS.seconds, repeats=2 if quick else 5)
+    meets = [r for r in rows if r.get("ratio") and r["ratio"] > 1.0]
+    print(f"\n{len(meets)}/{len(rows)} rows: emosup faster than the reference")
+    with open(FLAGS.out, "w") as f:
+        json.dump({"machine": {"node": platform.node(), "cpu_count": os.cpu_count(),
+                               "backend": jax.devices()[0].platform, "devices": len(jax.devices()),
+                               "python": sys.version.split()[0], "jax": jax.__version__},
+                   "rows": rows}, f, indent=2)
+    print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    FLAGS = flags.FLAGS
+    flags.DEFINE_string("presets", "tiny,c512,c1024", "ECAPA presets to time")
+    flags.DEFINE_integer("batch", 8, "ECAPA batch size")
+    flags.DEFINE_float("seconds", 2.0, "ECAPA crop length in seconds")
+    flags.DEFINE_string("out", "bench.json", "where the table goes as JSON")
+    flags.DEFINE_bool("quick", False, "fewer repeats and a smaller k-means problem")
+    app.run(main)

@@ -1,0 +1,126 @@
+"""Checkpoints: Orbax CheckpointManager for training runs, and exported encoders.
+
+Two folder layouts carry an encoder, and `load_encoder_variables` reads both:
+
+* a training workdir: `model.json` + `checkpoints/<step>/{state,meta}` (Orbax, atomic, keep-N).
+  `state` is the whole train state (params, batch_stats, optimizer, step), `meta` a JSON
+  record with everything else needed to resume exactly (config, counters).
+* an exported encoder (what `emosup.convert` writes): `model.json` + `variables/`
+  (Orbax StandardCheckpointer of {"params", "batch_stats"}).
+
+`model.json` says which encoder and front end the variables belong to, e.g.
+`{"encoder": "ecapa", "ecapa": {...EcapaTdnn kwargs}, "features": {"n_mels": 80,
+"mean_norm": "sentence"}, "source": "..."}`.
+"""
+import json
+import os
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+MODEL_JSON = "model.json"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+class Checkpointer:
+    """Resumable training checkpoints in `workdir/checkpoints` (async saves, keep the last N)."""
+
+    def __init__(self, workdir, keep=2):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self):
+        return self.manager.latest_step()
+
+    def save(self, step, state, meta):
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        )
+
+    def restore(self, abstract_state):
+        """Returns (state, meta) of the latest checkpoint, or (None, None) when there is none.
+
+        `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) or arrays.
+        """
+        step = self.manager.latest_step()
+        if step is None:
+            return None, None
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+        )
+        return restored.state, restored.meta
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def write_model_json(directory, model_config):
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        tmp = directory / (MODEL_JSON + ".tmp")
+        tmp.write_text(json.dumps(model_config, indent=2, sort_keys=True))
+        os.replace(tmp, directory / MODEL_JSON)
+
+
+def read_model_json(directory):
+    path = pathlib.Path(directory) / MODEL_JSON
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} is not an emosup checkpoint: {MODEL_JSON} is missing (expected a "
+            "training workdir or a folder written by `python -m emosup.convert`)")
+    return json.loads(path.read_text())
+
+
+def export_encoder(out_dir, model_config, variables):
+    """Writes an exported encoder: model.json + variables/ (params, batch_stats)."""
+    out_dir = pathlib.Path(out_dir).absolute()
+    if (out_dir / "variables").exists():
+        raise CheckpointError(f"{out_dir / 'variables'} already exists; choose an empty OUT_DIR")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(out_dir / "variables", variables)
+    checkpointer.wait_until_finished()
+    write_model_json(out_dir, model_config)
+
+
+def load_encoder_variables(directory):
+    """(model_config, {"params", "batch_stats"}) of the encoder stored in `directory`.
+
+    For a training workdir, the encoder is the `encoder` subtree of the latest checkpoint's
+    train state.
+    """
+    directory = pathlib.Path(directory).absolute()
+    model_config = read_model_json(directory)
+    if (directory / "variables").is_dir():
+        variables = ocp.StandardCheckpointer().restore(directory / "variables")
+        return model_config, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    ckpt_dir = directory / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{directory} has {MODEL_JSON} but neither variables/ nor checkpoints/")
+    manager = ocp.CheckpointManager(ckpt_dir)
+    step = manager.latest_step()
+    if step is None:
+        raise CheckpointError(f"{ckpt_dir} holds no finished checkpoint")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    state = restored.state
+    try:
+        params = state["params"]["encoder"]
+        batch_stats = state["batch_stats"].get("encoder", {})
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt_dir}/{step} has no encoder in its train state") from e
+    return model_config, {"params": params, "batch_stats": batch_stats}

@@ -1,0 +1,134 @@
+"""tf.data input pipelines (TensorFlow on the CPU only).
+
+Batches are a pure function of (seed, step): example `g = step * global_batch + row` is
+utterance `perm_epoch[g mod n]` with `perm_epoch` a seeded permutation per epoch, cropped at
+an offset drawn from `rng(seed, g)`. So a resumed run reads exactly the batches an unbroken
+run would have read (the data position is just the step), and every process reads only
+its own rows `[process_index * local_batch, (process_index + 1) * local_batch)` of each
+global batch: disjoint across processes and together complete.
+
+An utterance that cannot be decoded mid-run is not fatal: its row is zeros with weight 0
+(losses ignore it), and it is counted in `SkipLog` and reported.
+"""
+import functools
+import logging
+import os
+import threading
+
+import numpy as np
+
+from emosup import audio
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _tf():
+    import tensorflow as tf  # imported lazily: ~5 s, and only data pipelines need it
+
+    # JAX owns the accelerators; TF must not grab their memory.
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # already initialised; visible devices were set earlier
+    return tf
+
+
+class SkipLog:
+    """Thread-safe record of utterances skipped because they could not be read."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reasons = {}
+
+    def add(self, path, reason):
+        with self._lock:
+            if path not in self.reasons:
+                logging.warning("skipping %s: %s", path, reason)
+            self.reasons[path] = str(reason)
+
+    def __len__(self):
+        return len(self.reasons)
+
+    def as_dict(self):
+        with self._lock:
+            return dict(self.reasons)
+
+
+def scan_utterances(paths, skip_log=None):
+    """Lengths (16 kHz samples) of each file; unreadable or empty ones get 0 and are logged."""
+    skip_log = SkipLog() if skip_log is None else skip_log
+    lengths = np.zeros(len(paths), np.int64)
+    for i, p in enumerate(paths):
+        try:
+            n, _, _ = audio.audio_info(p)
+            if n <= 0:
+                raise audio.AudioError(f"{p}: no samples")
+            lengths[i] = n
+        except (audio.AudioError, OSError, RuntimeError) as e:
+            skip_log.add(p, e)
+    return lengths, skip_log
+
+
+class CropSampler:
+    """Which utterance and crop offset fill row `row` of global batch `step` (pure function)."""
+
+    def __init__(self, lengths, crop_samples, global_batch, seed):
+        self.valid = np.flatnonzero(np.asarray(lengths) > 0)
+        if self.valid.size == 0:
+            raise ValueError("no readable utterances to train on")
+        self.lengths = np.asarray(lengths)
+        self.crop = int(crop_samples)
+        self.global_batch = int(global_batch)
+        self.seed = int(seed)
+
+    @functools.lru_cache(maxsize=4)
+    def _perm(self, epoch):
+        return self.valid[np.random.default_rng([self.seed, 0x5EED, epoch]).permutation(self.valid.size)]
+
+    def __call__(self, step, row):
+        g = int(step) * self.global_batch + int(row)
+        epoch, pos = divmod(g, self.valid.size)
+        utt = int(self._perm(epoch)[pos])
+        slack = max(int(self.lengths[utt]) - self.crop, 0)
+        offset = int(np.random.default_rng([self.seed, 0xC409, g]).integers(0, slack + 1))
+        return utt, offset
+
+
+def crop_batches(paths, labels, lengths, *, crop_samples, global_batch, local_batch,
+                 process_index, seed, start_step, num_steps, skip_log, num_parallel=None):
+    """Yields host-local batches for steps [start_step, num_steps).
+
+    Each batch: {"audio": f32 [b, crop], "lengths": i32 [b] (valid samples), "labels": i32 [b],
+    "weights": f32 [b] (0 for rows whose file failed to decode)}; b = local_batch.
+    """
+    tf = _tf()
+    sampler = CropSampler(lengths, crop_samples, global_batch, seed)
+    labels = np.asarray(labels, np.int32)
+    first_row = process_index * local_batch
+
+    def load(i):
+        step, r = divmod(int(i), local_batch)
+        utt, offset = sampler(step, first_row + r)
+        n = int(min(lengths[utt] - offset, crop_samples))
+        try:
+            # A crop may fall on a pause; whole-file silence is caught where files are embedded.
+            wav = audio.load_segment(paths[utt], crop_samples, offset, check_silence=False)
+            weight = 1.0
+        except (audio.AudioError, OSError, RuntimeError) as e:
+            skip_log.add(paths[utt], e)
+            # Full "length" keeps the front end's per-utterance statistics finite; weight 0
+            # keeps the row out of every loss.
+            wav, n, weight = np.zeros(crop_samples, np.float32), crop_samples, 0.0
+        return wav.astype(np.float32), np.int32(n), labels[utt], np.float32(weight)
+
+    def tf_load(i):
+        wav, n, lab, w = tf.numpy_function(load, [i], [tf.float32, tf.int32, tf.int32, tf.float32])
+        wav.set_shape([crop_samples])
+        for t in (n, lab, w):
+            t.set_shape([])
+        return {"audio": wav, "lengths": n, "labels": lab, "weights": w}
+
+    ds = tf.data.Dataset.range(start_step * local_batch, num_steps * local_batch)
+    ds = ds.map(tf_load, num_parallel_calls=num_parallel or tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.as_numpy_iterator()

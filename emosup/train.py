@@ -1,0 +1,246 @@
+"""The trainer: `python -m emosup.train --config=configs/speaker.py --workdir=DIR`.
+
+One linear, sectioned `run(config, workdir)`: corpus → mesh → model/optimiser → restore →
+data → jitted data-parallel step → loop (log, TensorBoard, checkpoint) → export.
+Objective `speaker`: AAM-softmax over the speakers of `train_split` (emotions unused).
+A killed run restarted with the same command resumes from its last checkpoint and ends
+with the same parameters as an unbroken run: batches are a pure function of (seed, step).
+"""
+import json
+import os
+import pathlib
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+from flax.training import train_state
+from ml_collections import config_flags
+
+from emosup import audio, checkpoint, logs, losses, optim, parallel
+from emosup.data import corpus as corpus_lib
+from emosup.data import pipeline
+from emosup.models import ecapa
+from emosup.models.speaker import build_encoder, speaker_variables
+
+_OBJECTIVES = ("speaker",)
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: dict
+    nonfinite: jnp.ndarray  # count of steps whose loss or gradients were NaN/Inf (update skipped)
+
+
+def model_config_from(config):
+    kwargs = dict(ecapa.PRESETS[config.model.preset])
+    kwargs.update(dict(config.model.get("overrides", {})))
+    return {"encoder": "ecapa", "ecapa": kwargs, "features": {"n_mels": 80, "mean_norm": "sentence"},
+            "preset": config.model.preset}
+
+
+def make_train_step(encoder, tx_margin_scale):
+    margin, scale = tx_margin_scale
+
+    def loss_fn(params, batch_stats, batch):
+        feats, flen = audio.utterance_features(batch["audio"], batch["lengths"])
+        emb, updates = encoder.apply(
+            {"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
+            feats, flen, train=True, mutable=["batch_stats"])
+        loss, logits = losses.aam_softmax(emb, params["classifier"]["weight"], batch["labels"],
+                                          margin, scale, batch["weights"])
+        cos = losses.cosine_logits(emb, params["classifier"]["weight"])
+        acc = losses.weighted_mean((jnp.argmax(cos, -1) == batch["labels"]).astype(jnp.float32),
+                                   batch["weights"])
+        return loss, ({"encoder": updates["batch_stats"]}, acc)
+
+    def train_step(state, batch):
+        (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updated = state.apply_gradients(grads=grads, batch_stats=new_stats)
+        # A non-finite step leaves parameters and statistics untouched and is counted; the
+        # host stops the run at the next log line, naming the step window.
+        keep = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
+                            state.replace(step=state.step + 1))
+        keep = keep.replace(nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+        metrics = {"loss": loss, "accuracy": acc, "grad_norm": grad_norm}
+        return keep, metrics
+
+    return train_step
+
+
+def _format_eta(seconds):
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class _Writer:
+    """Log lines for everyone; TensorBoard event files from process 0 only."""
+
+    def __init__(self, workdir):
+        self.tb = None
+        if jax.process_index() == 0:
+            tf = pipeline._tf()
+            self.tb = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard"))
+
+    def scalars(self, step, scalars):
+        if self.tb is None:
+            return
+        import tensorflow as tf
+
+        with self.tb.as_default():
+            for k, v in scalars.items():
+                tf.summary.scalar(k, float(v), step=step)
+        self.tb.flush()
+
+
+def run(config, workdir, corpus=None):
+    """Trains the configured objective; returns a dict with the final metrics.
+
+    `corpus` (a data.corpus.Corpus) saves re-reading the manifest when the caller has it.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config.objective not in _OBJECTIVES:
+        raise ValueError(f"config.objective={config.objective!r}: expected one of {_OBJECTIVES}")
+    if config.model.preset not in ecapa.PRESETS:
+        raise ValueError(f"config.model.preset={config.model.preset!r}: expected one of {sorted(ecapa.PRESETS)}")
+
+    # --- Corpus: training rows, speaker labels (emotion labels are never read here). ---
+    corpus = corpus or corpus_lib.open_corpus(config.data, workdir)
+    train_rows = corpus.manifest.select(split=corpus.train_split)
+    if len(train_rows) == 0:
+        raise ValueError(f"{corpus.manifest_path}: no rows in split {corpus.train_split!r}")
+    speakers = train_rows.speakers()
+    if len(speakers) < 2:
+        raise ValueError(f"{corpus.manifest_path}: speaker training needs ≥ 2 speakers in split "
+                         f"{corpus.train_split!r}, found {len(speakers)}")
+    spk_index = {s: i for i, s in enumerate(speakers)}
+    paths = [u.path for u in train_rows]
+    labels = np.array([spk_index[u.speaker] for u in train_rows], np.int32)
+    skip_log = pipeline.SkipLog()
+    lengths, _ = pipeline.scan_utterances(paths, skip_log)
+    logging.info("corpus %s: %d utterances, %d speakers in %r (%d unreadable, skipped)",
+                 corpus.name, len(paths), len(speakers), corpus.train_split, len(skip_log))
+
+    # --- Mesh, model, optimiser. ---
+    mesh = parallel.make_mesh()
+    local_batch = parallel.local_batch_size(config.batch_size, mesh)
+    crop = int(round(config.data.crop_seconds * audio.SAMPLE_RATE))
+    model_config = model_config_from(config)
+    model_config.update(source=f"emosup:{config.objective}", corpus=corpus.name, speakers=speakers)
+    encoder = build_encoder(model_config)
+    n_frames = 1 + crop // audio.HOP
+    root = jax.random.key(config.seed)
+    variables = speaker_variables(encoder, len(speakers), jax.random.fold_in(root, 0),
+                                  (1, n_frames, model_config["features"]["n_mels"]))
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+    state = TrainState.create(apply_fn=encoder.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables["batch_stats"], nonfinite=jnp.zeros((), jnp.int32))
+    state = parallel.replicate(state, mesh)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params["encoder"]))
+    logging.info("encoder %s: %.2fM parameters; %d devices, global batch %d (%d per process)",
+                 config.model.preset, n_params / 1e6, mesh.devices.size, config.batch_size, local_batch)
+
+    # --- Restore. ---
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    checkpoint.write_model_json(workdir, model_config)
+    restored, meta = ckpt.restore(state)
+    start_step = 0
+    if restored is not None:
+        state, start_step = restored, int(meta["step"])
+        for path, reason in meta.get("skipped", {}).items():
+            skip_log.add(path, reason)
+        logging.info("resumed from %s at step %d", ckpt.directory, start_step)
+
+    if start_step >= config.total_steps:
+        logging.info("already trained for %d steps", start_step)
+        ckpt.close()
+        return {"step": start_step, "skipped": skip_log.as_dict(), "workdir": str(workdir)}
+
+    # --- Data and step. ---
+    batches = pipeline.crop_batches(
+        paths, labels, lengths, crop_samples=crop, global_batch=config.batch_size,
+        local_batch=local_batch, process_index=jax.process_index(), seed=config.seed,
+        start_step=start_step, num_steps=config.total_steps, skip_log=skip_log)
+    step_fn = jax.jit(make_train_step(encoder, (config.loss.aam_margin, config.loss.aam_scale)),
+                      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                      out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+                      donate_argnums=0)
+    writer = _Writer(workdir)
+
+    def save(step):
+        meta = {"step": step, "config": config.to_dict(), "skipped": skip_log.as_dict(),
+                "objective": config.objective}
+        ckpt.save(step, state, json.loads(json.dumps(meta, default=str)))
+
+    # --- Loop. ---
+    seen_nonfinite = int(jax.device_get(state.nonfinite))
+    window_start, t_window = start_step, time.time()
+    history, last, sec_per_step = [], {}, float("nan")
+    for step in range(start_step, config.total_steps):
+        batch = parallel.to_global(next(batches), mesh)
+        if step == start_step:
+            logging.info("compiling the train step (first call)")
+            t0 = time.time()
+        state, metrics = step_fn(state, batch)
+        done = step + 1
+        if step == start_step:
+            jax.block_until_ready(metrics)
+            logging.info("compiled and ran the first step in %.1fs", time.time() - t0)
+            window_start, t_window = done, time.time()  # the compile stays out of the rates
+        if done % config.log_every == 0 or done == config.total_steps:
+            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            nonfinite = int(jax.device_get(state.nonfinite))
+            if nonfinite > seen_nonfinite:
+                ckpt.close()
+                raise NonFiniteError(
+                    f"NaN/Inf loss or gradients in steps {window_start + 1}..{done} "
+                    f"({nonfinite - seen_nonfinite} step(s); their updates were skipped). Lower "
+                    f"config.optim.lr or check the input audio; the last good checkpoint is in "
+                    f"{ckpt.directory}")
+            if done > window_start:
+                sec_per_step = (time.time() - t_window) / (done - window_start)
+            ex_s = config.batch_size / sec_per_step
+            eta = _format_eta((config.total_steps - done) * sec_per_step) if np.isfinite(sec_per_step) else "?"
+            last.update(lr=float(schedule(done)), examples_per_sec=ex_s)
+            logging.info("step %d/%d  loss %.4f  acc %.3f  grad_norm %.2f  lr %.2e | %.1f examples/s | ETA %s%s",
+                         done, config.total_steps, last["loss"], last["accuracy"], last["grad_norm"],
+                         last["lr"], ex_s, eta, f" | skipped {len(skip_log)}" if len(skip_log) else "")
+            writer.scalars(done, {f"train/{k}": v for k, v in last.items()})
+            history.append({"step": done, **last})
+            window_start, t_window = done, time.time()
+        if done % config.checkpoint_every == 0 and done < config.total_steps:
+            save(done)
+    save(config.total_steps)
+    ckpt.close()
+    result = {"step": config.total_steps, "final": last, "history": history,
+              "skipped": skip_log.as_dict(), "workdir": str(workdir)}
+    if jax.process_index() == 0:
+        (workdir / "train_results.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv):
+    del argv
+    logs.setup()
+    run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    FLAGS = flags.FLAGS
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

@@ -1,0 +1,67 @@
+"""The main job end to end, in its tiny variant: on the synthetic corpus and on a CSV corpus
+of WAV/FLAC files the project did not generate (other rates, stereo)."""
+import json
+
+import numpy as np
+import soundfile as sf
+from helpers import DEMO, load_config
+
+from emosup import experiment
+
+SCHEMA_METHODS = {"speaker_kmeans", "chance", "global_kmeans", "logmel_kmeans"}
+SCHEMA_METRICS = {"cluster_accuracy", "purity", "nmi", "ari"}
+
+
+def _check_study(path, speakers, utterances):
+    study = json.loads(path.read_text())
+    assert {"encoder", "corpus", "k", "speakers", "utterances", "methods", "per_speaker"} <= set(study)
+    assert study["speakers"] == speakers and study["utterances"] == utterances
+    assert set(study["methods"]) >= SCHEMA_METHODS
+    for m in SCHEMA_METHODS:
+        assert set(study["methods"][m]) >= SCHEMA_METRICS
+        assert all(0.0 <= study["methods"][m][x] <= 1.0 for x in ("cluster_accuracy", "purity", "nmi"))
+    assert len(study["per_speaker"]) == speakers
+    return study
+
+
+def test_demo_tiny_on_synthetic_corpus(tmp_path, synthetic_corpus_dir, capsys):
+    cfg = load_config(DEMO, f"tiny=1,synthetic_dir={synthetic_corpus_dir}")
+    experiment.run(cfg, tmp_path)
+    # tiny corpus: 3 test speakers × 4 emotions × 4 utterances
+    study = _check_study(tmp_path / "study.json", speakers=3, utterances=48)
+    assert study["k"] == 4 and study["split"] == "test"
+    assert set(study["other_splits"]) == {"unlabelled", "labelled"}
+    for name in ("study.md", "study_tsne.png", "study_agreement.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "speaker_kmeans" in out or "speaker k-means" in out
+
+
+def test_demo_tiny_on_a_csv_corpus_of_foreign_wavs(tmp_path):
+    """Tones-and-noise 'speech' at 8/22.05/44.1 kHz, some stereo, some FLAC, relative paths."""
+    rng = np.random.default_rng(0)
+    rows = ["path,speaker,emotion,split"]
+    rates = [8000, 22050, 44100]
+    for s in range(6):
+        split = "test" if s >= 4 else "train"
+        f0 = 100 + 25 * s
+        for e, emo in enumerate(["calm", "excited"]):
+            for j in range(4):
+                sr = rates[(s + j) % 3]
+                n = int(sr * rng.uniform(0.8, 1.6))
+                t = np.arange(n) / sr
+                pitch = f0 * (1.0 + 0.4 * e) * (1 + 0.05 * np.sin(2 * np.pi * (2 + 3 * e) * t))
+                x = np.sin(2 * np.pi * np.cumsum(pitch) / sr) * (0.2 + 0.3 * e) + 0.01 * rng.normal(size=n)
+                if (s + j) % 2:
+                    x = np.stack([x, 0.5 * x], axis=1)  # stereo
+                ext = "flac" if j == 3 else "wav"
+                rel = f"spk{s}/{emo}_{j}.{ext}"
+                (tmp_path / f"spk{s}").mkdir(exist_ok=True)
+                sf.write(tmp_path / rel, x.astype(np.float32), sr)
+                rows.append(f"{rel},spk{s},{emo},{split}")
+    (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(DEMO, f"tiny=1,manifest={tmp_path / 'mine.csv'}")
+    experiment.run(cfg, tmp_path / "run")
+    study = _check_study(tmp_path / "run" / "study.json", speakers=2, utterances=16)
+    assert study["k"] == 2 and study["corpus"] == "mine"
+    assert set(study["other_splits"]) == {"train"}
