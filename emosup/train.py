@@ -105,17 +105,28 @@ class _Writer:
         self.tb.flush()
 
 
+def validate(config):
+    """Fails before any work, naming the first bad field."""
+    if config.objective not in _OBJECTIVES:
+        raise ValueError(f"config.objective={config.objective!r}: expected one of {_OBJECTIVES}")
+    if config.model.preset not in ecapa.PRESETS:
+        raise ValueError(f"config.model.preset={config.model.preset!r}: expected one of {sorted(ecapa.PRESETS)}")
+    optim.make_schedule(config.optim, max(int(config.total_steps), 1))
+    for field in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if int(config[field]) <= 0:
+            raise ValueError(f"config.{field}={config[field]!r}: must be a positive integer")
+    if not config.data.crop_seconds > 0.025:
+        raise ValueError(f"config.data.crop_seconds={config.data.crop_seconds!r}: must exceed one 25 ms frame")
+
+
 def run(config, workdir, corpus=None):
     """Trains the configured objective; returns a dict with the final metrics.
 
     `corpus` (a data.corpus.Corpus) saves re-reading the manifest when the caller has it.
     """
+    validate(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    if config.objective not in _OBJECTIVES:
-        raise ValueError(f"config.objective={config.objective!r}: expected one of {_OBJECTIVES}")
-    if config.model.preset not in ecapa.PRESETS:
-        raise ValueError(f"config.model.preset={config.model.preset!r}: expected one of {sorted(ecapa.PRESETS)}")
 
     # --- Corpus: training rows, speaker labels (emotion labels are never read here). ---
     corpus = corpus or corpus_lib.open_corpus(config.data, workdir)
