@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 
@@ -50,24 +51,17 @@ def _speechlike(batch, n, seed=0):
 
 # ----------------------------------------------------------------------------- ECAPA step
 def _jax_ecapa_step(preset, wavs, labels, n_spk):
-    from flax.training import train_state
-
     from emosup import train
-    from emosup.models.speaker import speaker_variables
+    from emosup.models.speaker import build_encoder
 
     mesh = parallel.make_mesh()
-    enc = ecapa.build_ecapa(preset)
+    enc = build_encoder({"encoder": "ecapa", "ecapa": dict(ecapa.PRESETS[preset])})
     feat_shape = (1, 1 + wavs.shape[1] // audio.HOP, 80)
-    v = speaker_variables(enc, n_spk, jax.random.key(0), feat_shape)
-    cfg = type("O", (), dict(lr=1e-3, weight_decay=2e-6, warmup_steps=0, schedule="constant",
-                             final_lr_fraction=1.0, grad_clip=0.0))
+    cfg = ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=2e-6, warmup_steps=0, schedule="constant",
+                                         final_lr_fraction=1.0, grad_clip=0.0))
     tx, _ = optim.make_optimizer(cfg, 100)
-    state = train.TrainState.create(apply_fn=enc.apply, params=v["params"], tx=tx,
-                                    batch_stats=v["batch_stats"], nonfinite=jnp.zeros((), jnp.int32))
-    state = parallel.replicate(state, mesh)
-    step = jax.jit(train.make_train_step(enc, (0.2, 30.0)), donate_argnums=0,
-                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+    state = train.create_state(enc, n_spk, tx, jax.random.key(0), feat_shape, mesh)
+    step = train.jit_train_step(enc, (0.2, 30.0), mesh)
     batch = parallel.to_global({"audio": wavs, "lengths": np.full(len(wavs), wavs.shape[1], np.int32),
                                 "labels": labels, "weights": np.ones(len(wavs), np.float32)}, mesh)
     box = [state]

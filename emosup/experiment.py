@@ -15,11 +15,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emosup import logs, study, study_report, train
-from emosup.data import corpus as corpus_lib
+from emosup import logs
 
 
 def run(config, workdir):
+    # Imported here, not at the top: the synthetic corpus's worker processes re-import this
+    # module as their __main__, and should not pay for JAX and TensorFlow.
+    from emosup import study, study_report, train
+    from emosup.data import corpus as corpus_lib
+
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = corpus_lib.open_corpus(config.data, workdir)

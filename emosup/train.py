@@ -46,6 +46,21 @@ def model_config_from(config):
             "preset": config.model.preset}
 
 
+def create_state(encoder, num_speakers, tx, key, feat_shape, mesh):
+    """Initial train state (encoder + AAM classifier + optimiser), replicated over `mesh`."""
+    variables = speaker_variables(encoder, num_speakers, key, feat_shape)
+    state = TrainState.create(apply_fn=encoder.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables["batch_stats"], nonfinite=jnp.zeros((), jnp.int32))
+    return parallel.replicate(state, mesh)
+
+
+def jit_train_step(encoder, margin_scale, mesh):
+    """The train step jitted for `mesh`: state replicated (and donated), batch sharded."""
+    return jax.jit(make_train_step(encoder, margin_scale), donate_argnums=0,
+                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+
+
 def make_train_step(encoder, tx_margin_scale):
     margin, scale = tx_margin_scale
 
@@ -154,12 +169,9 @@ def run(config, workdir, corpus=None):
     encoder = build_encoder(model_config)
     n_frames = 1 + crop // audio.HOP
     root = jax.random.key(config.seed)
-    variables = speaker_variables(encoder, len(speakers), jax.random.fold_in(root, 0),
-                                  (1, n_frames, model_config["features"]["n_mels"]))
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-    state = TrainState.create(apply_fn=encoder.apply, params=variables["params"], tx=tx,
-                              batch_stats=variables["batch_stats"], nonfinite=jnp.zeros((), jnp.int32))
-    state = parallel.replicate(state, mesh)
+    state = create_state(encoder, len(speakers), tx, jax.random.fold_in(root, 0),
+                         (1, n_frames, model_config["features"]["n_mels"]), mesh)
     n_params = sum(x.size for x in jax.tree.leaves(state.params["encoder"]))
     logging.info("encoder %s: %.2fM parameters; %d devices, global batch %d (%d per process)",
                  config.model.preset, n_params / 1e6, mesh.devices.size, config.batch_size, local_batch)
@@ -185,10 +197,7 @@ def run(config, workdir, corpus=None):
         paths, labels, lengths, crop_samples=crop, global_batch=config.batch_size,
         local_batch=local_batch, process_index=jax.process_index(), seed=config.seed,
         start_step=start_step, num_steps=config.total_steps, skip_log=skip_log)
-    step_fn = jax.jit(make_train_step(encoder, (config.loss.aam_margin, config.loss.aam_scale)),
-                      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                      out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-                      donate_argnums=0)
+    step_fn = jit_train_step(encoder, (config.loss.aam_margin, config.loss.aam_scale), mesh)
     writer = _Writer(workdir)
 
     def save(step):

@@ -1,4 +1,5 @@
 """Speaker training: kill-and-resume gives the unbroken run's parameters; NaN guard; skips."""
+import os
 import pathlib
 import signal
 import subprocess
@@ -36,14 +37,16 @@ def _leaves(tree):
 def test_killed_run_resumes_to_identical_parameters(tmp_path, synthetic_corpus_dir):
     steps = 40
     cfg_arg = f"{DEMO}:tiny=1,synthetic_dir={synthetic_corpus_dir},steps={steps}"
+    # 2 fake devices keep the subprocesses quick; the sharded path is still exercised.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     unbroken = tmp_path / "unbroken"
     cmd = [sys.executable, "-m", "emosup.train", f"--config={cfg_arg}", "--config.checkpoint_every=4"]
     subprocess.run(cmd + [f"--workdir={unbroken}"], check=True, cwd=REPO, timeout=600,
-                   capture_output=True)
+                   capture_output=True, env=env)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cmd + [f"--workdir={killed}"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     ckpt_dir = killed / "checkpoints"
     try:
@@ -61,7 +64,8 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, synthetic_corpus_d
     killed_at, _ = _final_state(killed)
     assert killed_at is not None and killed_at < steps, "the kill must land mid-run"
 
-    subprocess.run(cmd + [f"--workdir={killed}"], check=True, cwd=REPO, timeout=600, capture_output=True)
+    subprocess.run(cmd + [f"--workdir={killed}"], check=True, cwd=REPO, timeout=600, capture_output=True,
+                   env=env)
     step_a, state_a = _final_state(unbroken)
     step_b, state_b = _final_state(killed)
     assert step_a == step_b == steps
