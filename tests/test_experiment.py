@@ -1,10 +1,12 @@
 """The main job end to end, in its tiny variant: on the synthetic corpus and on a CSV corpus
 of WAV/FLAC files the project did not generate (other rates, stereo)."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import soundfile as sf
-from helpers import DEMO, load_config
+from helpers import DEMO, REPO, load_config
 
 from emosup import experiment
 
@@ -65,3 +67,12 @@ def test_demo_tiny_on_a_csv_corpus_of_foreign_wavs(tmp_path):
     study = _check_study(tmp_path / "run" / "study.json", speakers=2, utterances=16)
     assert study["k"] == 2 and study["corpus"] == "mine"
     assert set(study["other_splits"]) == {"train"}
+
+    # The study CLI with the trained encoder, on the training speakers this time, k=3.
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "emosup.study", f"--checkpoint={tmp_path / 'run' / 'speaker'}",
+                           f"--manifest={tmp_path / 'mine.csv'}", f"--workdir={out}", "--split=train", "--k=3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cli = _check_study(out / "study.json", speakers=4, utterances=32)
+    assert cli["k"] == 3 and "speaker k-means" in proc.stdout
