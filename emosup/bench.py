@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from emosup import audio, cluster, losses, optim, parallel
+from emosup import audio, cluster, config_lib, optim, parallel
 from emosup.models import ecapa
 
 
@@ -60,8 +60,9 @@ def _jax_ecapa_step(preset, wavs, labels, n_spk):
     cfg = ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=2e-6, warmup_steps=0, schedule="constant",
                                          final_lr_fraction=1.0, grad_clip=0.0))
     tx, _ = optim.make_optimizer(cfg, 100)
-    state = train.create_state(enc, n_spk, tx, jax.random.key(0), feat_shape, mesh)
-    step = train.jit_train_step(enc, (0.2, 30.0), mesh)
+    loss_cfg = config_lib.pretrain_config().loss  # AAM m=0.2, s=30
+    state = train.create_state("speaker", enc, loss_cfg, n_spk, tx, jax.random.key(0), feat_shape, mesh)
+    step = train.jit_train_step("speaker", enc, loss_cfg, mesh)
     batch = parallel.to_global({"audio": wavs, "lengths": np.full(len(wavs), wavs.shape[1], np.int32),
                                 "labels": labels, "weights": np.ones(len(wavs), np.float32)}, mesh)
     box = [state]

@@ -17,6 +17,7 @@ import os
 import pathlib
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 MODEL_JSON = "model.json"
@@ -39,33 +40,41 @@ class Checkpointer:
     def latest_step(self):
         return self.manager.latest_step()
 
-    def save(self, step, state, meta):
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        )
+    def save(self, step, state, meta, pairs=None):
+        """Saves train state, the meta JSON and, when given, the pair table's arrays."""
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if pairs is not None:
+            items["pairs"] = ocp.args.StandardSave(pairs)
+        self.manager.save(step, args=ocp.args.Composite(**items))
 
-    def restore(self, abstract_state):
-        """Returns (state, meta) of the latest checkpoint, or (None, None) when there is none.
+    def restore(self, abstract_state, with_pairs=False):
+        """(state, meta, pairs) of the latest checkpoint, or (None, None, None) when there is none.
 
-        `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) or arrays.
+        `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) or arrays;
+        `pairs` is a dict of numpy arrays (None unless `with_pairs` and the checkpoint has them).
         """
         step = self.manager.latest_step()
         if step is None:
-            return None, None
+            return None, None, None
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
-        )
-        return restored.state, restored.meta
+        items = dict(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+        if with_pairs:
+            items["pairs"] = ocp.args.StandardRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        pairs = None
+        if with_pairs and restored.get("pairs") is not None:
+            pairs = {k: np.asarray(v) for k, v in restored.pairs.items()}
+        return restored.state, restored.meta, pairs
 
     def wait(self):
         self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Finishes in-flight saves and releases the manager; safe to call twice."""
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()
+            self.manager = None
 
 
 def write_model_json(directory, model_config):
@@ -107,7 +116,10 @@ def load_encoder_variables(directory):
     model_config = read_model_json(directory)
     if (directory / "variables").is_dir():
         variables = ocp.StandardCheckpointer().restore(directory / "variables")
-        return model_config, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+        params, stats = variables["params"], variables.get("batch_stats", {})
+        if "encoder" in params:  # a fine-tuned model: encoder + heads
+            params, stats = params["encoder"], stats.get("encoder", {})
+        return model_config, {"params": params, "batch_stats": stats}
     ckpt_dir = directory / "checkpoints"
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"{directory} has {MODEL_JSON} but neither variables/ nor checkpoints/")

@@ -41,11 +41,17 @@ def synthetic_defaults():
     ))
 
 
-def speaker_config(manifest="", synthetic_dir="", preset="tiny", steps=400, batch_size=32):
-    """Speaker-encoder training (objective `speaker`, AAM-softmax m=0.2 s=30)."""
+def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, batch_size=32,
+                    objective="speaker", pairs_encoder=""):
+    """Encoder pretraining on `train_split` with emotions unused (emosup.tasks objectives).
+
+    For the pair objectives `batch_size` counts anchors; each brings a positive and
+    `pairs.num_negatives` negatives, so a step embeds batch_size × (2 + K) crops.
+    """
     c = ml_collections.ConfigDict()
+    c.stage = "pretrain"
     c.seed = 0
-    c.objective = "speaker"
+    c.objective = objective
     c.data = ml_collections.ConfigDict(dict(
         manifest=manifest,            # CSV manifest; empty → the built-in synthetic corpus
         name="",                      # corpus name in results (default: the CSV's stem)
@@ -54,8 +60,24 @@ def speaker_config(manifest="", synthetic_dir="", preset="tiny", steps=400, batc
         crop_seconds=2.0,             # fixed-length random crops: static shapes, no recompiles
     ))
     c.model = ml_collections.ConfigDict(dict(preset=preset, overrides={}))
-    # SpeechBrain ECAPA recipe values (recipes/VoxCeleb/SpeakerRec/hparams/train_ecapa_tdnn.yaml).
-    c.loss = ml_collections.ConfigDict(dict(aam_margin=0.2, aam_scale=30.0))
+    c.loss = ml_collections.ConfigDict(dict(
+        # SpeechBrain ECAPA recipe values (recipes/VoxCeleb/SpeakerRec/hparams/train_ecapa_tdnn.yaml).
+        aam_margin=0.2, aam_scale=30.0,
+        # Our choices (PAPER.md: the paper's values are not public).
+        temperature=0.1,        # InfoNCE τ
+        symmetric=True,         # both directions: anchor→positive and positive→anchor
+        projection_hidden=256, projection_dim=128,
+        speaker_weight=1.0,     # λ of multitask: contrastive + λ · AAM
+        grl_scale=1.0,          # adversarial: gradient-reversal scale on the speaker branch
+    ))
+    c.pairs = ml_collections.ConfigDict(dict(
+        encoder=pairs_encoder,  # speaker encoder whose intra-speaker clusters give the pairs
+        k=0,                    # clusters per speaker; 0 = chosen per speaker by silhouette
+        max_k=6,                # silhouette searches k = 2..max_k
+        num_negatives=4,        # K negatives per anchor, from the anchor speaker's other clusters
+        cross_speaker_negatives=0,  # how many of the K come from other speakers instead
+        refresh_every=0,        # 0 = pairs fixed from `encoder` (the default, as in the abstract)
+    ))
     c.optim = ml_collections.ConfigDict(dict(
         lr=2e-3, weight_decay=2e-6, warmup_steps=min(50, steps // 10), schedule="cosine",
         final_lr_fraction=0.05, grad_clip=5.0))
@@ -64,4 +86,34 @@ def speaker_config(manifest="", synthetic_dir="", preset="tiny", steps=400, batc
     c.log_every = 20
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
+    return c
+
+
+def speaker_config(**kwargs):
+    """Speaker-encoder training: objective `speaker` (AAM-softmax, m=0.2, s=30)."""
+    return pretrain_config(objective="speaker", **kwargs)
+
+
+def finetune_config(manifest="", synthetic_dir="", init="", preset="tiny", steps=300, batch_size=16,
+                    labels_per_class=8, target="categorical"):
+    """SER fine-tuning (emosup.finetune) from `init` (a pretraining workdir / converted encoder)."""
+    c = ml_collections.ConfigDict()
+    c.stage = "finetune"
+    c.seed = 0
+    c.init = init                     # '' = from scratch with model.preset
+    c.data = pretrain_config(manifest=manifest, synthetic_dir=synthetic_dir).data
+    c.model = ml_collections.ConfigDict(dict(preset=preset))
+    c.ser = ml_collections.ConfigDict(dict(
+        target=target,                # categorical | dimensional | both
+        classes=(),                   # () = the emotions of the labelled rows, sorted
+        labels_per_class=labels_per_class,
+        dev_fraction=0.25,            # labelled speakers held out for model selection (no dev split)
+        class_weights=True,           # inverse-frequency class weights in the cross-entropy
+        head_hidden=0,                # 0 = linear head on the embedding
+        freeze_steps=steps // 3,      # encoder frozen first (head warms up), then fine-tuned
+    ))
+    c.optim = ml_collections.ConfigDict(dict(lr_head=3e-3, lr_encoder=3e-4, weight_decay=1e-4, grad_clip=5.0))
+    c.batch_size = batch_size
+    c.total_steps = steps
+    c.eval_every = max(steps // 6, 1)
     return c

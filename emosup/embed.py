@@ -28,17 +28,34 @@ from emosup.models.speaker import build_encoder
 
 
 class Encoder:
-    """An encoder module with its variables and the model.json that describes them."""
+    """An encoder module with its variables and the model.json that describes them.
 
-    def __init__(self, directory):
-        self.directory = str(directory)
-        self.model_config, self.variables = checkpoint.load_encoder_variables(directory)
+    `Encoder(directory)` loads a checkpoint or converted folder; `Encoder(model_config=...,
+    variables=...)` wraps variables in memory (e.g. a model being fine-tuned). The jitted
+    embedding function is compiled once per mesh and bucket length; replacing
+    `encoder.variables` reuses it.
+    """
+
+    def __init__(self, directory=None, *, model_config=None, variables=None, name=None):
+        if directory is not None:
+            self.directory = str(directory)
+            self.model_config, self.variables = checkpoint.load_encoder_variables(directory)
+        else:
+            self.directory, self.model_config, self.variables = None, model_config, variables
         self.module = build_encoder(self.model_config)
-        self.name = self.model_config.get("source", self.directory)
+        self.name = name or self.model_config.get("source", self.directory)
+        self._jitted = {}
 
     @property
     def dim(self):
         return self.module.lin_neurons
+
+    def jitted(self, mesh):
+        if mesh not in self._jitted:  # meshes over the same devices compare equal
+            self._jitted[mesh] = jax.jit(_embed_fn(self.module), in_shardings=(
+                parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.batch_sharded(mesh)),
+                out_shardings=parallel.replicated(mesh))
+        return self._jitted[mesh]
 
 
 def _embed_fn(module):
@@ -74,9 +91,7 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
     stats = np.full((n, n_feat), np.nan, np.float32)
     valid = np.zeros(n, bool)
     order = [i for i in np.argsort(lengths, kind="stable") if lengths[i] > 0]
-    fn = jax.jit(_embed_fn(encoder.module), in_shardings=(
-        parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.batch_sharded(mesh)),
-        out_shardings=parallel.replicated(mesh))
+    fn = encoder.jitted(mesh)
     variables = parallel.replicate(encoder.variables, mesh)
     compiled_lengths, t_start, t_log, done = set(), time.time(), time.time(), 0
 

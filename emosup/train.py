@@ -1,11 +1,14 @@
-"""The trainer: `python -m emosup.train --config=configs/speaker.py --workdir=DIR`.
+"""The trainer: `python -m emosup.train --config=configs/pretrain.py:objective=X --workdir=DIR`.
 
 One linear, sectioned `run(config, workdir)`: corpus → mesh → model/optimiser → restore →
-data → jitted data-parallel step → loop (log, TensorBoard, checkpoint) → export.
-Objective `speaker`: AAM-softmax over the speakers of `train_split` (emotions unused).
-A killed run restarted with the same command resumes from its last checkpoint and ends
-with the same parameters as an unbroken run: batches are a pure function of (seed, step).
+pair table → data → jitted data-parallel step → loop (log, TensorBoard, checkpoint).
+Objectives (emosup.tasks): `speaker` (AAM-softmax over the speakers of `train_split`),
+`contrastive`, `multitask`, `adversarial` (intra-speaker pairs from the pair table). Emotion
+labels are never read. A killed run restarted with the same command resumes from its last
+checkpoint and ends with the same parameters as an unbroken run: batches are a pure
+function of (seed, step) and the pair table is saved in the checkpoint.
 """
+import dataclasses
 import json
 import os
 import pathlib
@@ -21,14 +24,12 @@ from absl import app, flags, logging
 from flax.training import train_state
 from ml_collections import config_flags
 
-from emosup import audio, checkpoint, logs, losses, optim, parallel
+from emosup import audio, checkpoint, logs, optim, parallel, tasks
 from emosup.data import corpus as corpus_lib
+from emosup.data import pairs as pairs_lib
 from emosup.data import pipeline
 from emosup.models import ecapa
-from emosup.models.speaker import build_encoder, speaker_variables
-
-_OBJECTIVES = ("speaker",)
-
+from emosup.models.speaker import build_encoder
 
 class NonFiniteError(FloatingPointError):
     pass
@@ -46,51 +47,51 @@ def model_config_from(config):
             "preset": config.model.preset}
 
 
-def create_state(encoder, num_speakers, tx, key, feat_shape, mesh):
-    """Initial train state (encoder + AAM classifier + optimiser), replicated over `mesh`."""
-    variables = speaker_variables(encoder, num_speakers, key, feat_shape)
+def create_state(objective, encoder, loss_cfg, num_speakers, tx, key, feat_shape, mesh):
+    """Initial train state (encoder + the objective's heads + optimiser), replicated over `mesh`."""
+    variables = tasks.init_variables(objective, encoder, loss_cfg, num_speakers, key, feat_shape)
     state = TrainState.create(apply_fn=encoder.apply, params=variables["params"], tx=tx,
                               batch_stats=variables["batch_stats"], nonfinite=jnp.zeros((), jnp.int32))
     return parallel.replicate(state, mesh)
 
 
-def jit_train_step(encoder, margin_scale, mesh):
-    """The train step jitted for `mesh`: state replicated (and donated), batch sharded."""
-    return jax.jit(make_train_step(encoder, margin_scale), donate_argnums=0,
+def jit_train_step(objective, encoder, loss_cfg, mesh):
+    """The objective's train step jitted for `mesh`: state replicated (and donated), batch sharded."""
+    step = tasks.make_train_step(tasks.make_loss_fn(objective, encoder, loss_cfg))
+    return jax.jit(step, donate_argnums=0,
                    in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
                    out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
 
 
-def make_train_step(encoder, tx_margin_scale):
-    margin, scale = tx_margin_scale
+def build_pair_table(config, paths, speaker_labels, lengths, skip_log):
+    """The fixed pair table (version 0) from the clusters of `config.pairs.encoder`'s embeddings."""
+    from emosup import embed  # the pair encoder's front end and bucketing
 
-    def loss_fn(params, batch_stats, batch):
-        feats, flen = audio.utterance_features(batch["audio"], batch["lengths"])
-        emb, updates = encoder.apply(
-            {"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
-            feats, flen, train=True, mutable=["batch_stats"])
-        loss, logits = losses.aam_softmax(emb, params["classifier"]["weight"], batch["labels"],
-                                          margin, scale, batch["weights"])
-        cos = losses.cosine_logits(emb, params["classifier"]["weight"])
-        acc = losses.weighted_mean((jnp.argmax(cos, -1) == batch["labels"]).astype(jnp.float32),
-                                   batch["weights"])
-        return loss, ({"encoder": updates["batch_stats"]}, acc)
+    if not config.pairs.encoder:
+        raise ValueError(
+            f"config.pairs.encoder is empty: objective {config.objective!r} draws its pairs from the "
+            "intra-speaker clusters of a speaker encoder; give an emosup checkpoint or a folder "
+            "written by `python -m emosup.convert`")
+    enc = embed.Encoder(config.pairs.encoder)
+    logging.info("pairs: embedding %d utterances with %s", len(paths), enc.name)
+    emb, _, valid = embed.embed_paths(enc, paths, skip_log=skip_log)
+    keep = np.flatnonzero(valid & (np.asarray(lengths) > 0))
+    table = pairs_lib.build_pair_table(
+        emb[keep], np.asarray(speaker_labels)[keep], k=config.pairs.k or None,
+        k_range=tuple(range(2, config.pairs.max_k + 1)), num_negatives=config.pairs.num_negatives,
+        cross_speaker_negatives=config.pairs.cross_speaker_negatives, seed=config.seed, version=0)
+    clusters = np.full(len(paths), -1, np.int32)
+    clusters[keep] = table.clusters
+    table = dataclasses.replace(
+        table, anchors=keep[table.anchors].astype(np.int32), positives=keep[table.positives].astype(np.int32),
+        negatives=keep[table.negatives].astype(np.int32), clusters=clusters,
+        speakers=np.asarray(speaker_labels, np.int32))
+    logging.info("pairs: %s", json.dumps(table.stats, default=str)[:600])
+    return table
 
-    def train_step(state, batch):
-        (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, batch)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updated = state.apply_gradients(grads=grads, batch_stats=new_stats)
-        # A non-finite step leaves parameters and statistics untouched and is counted; the
-        # host stops the run at the next log line, naming the step window.
-        keep = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
-                            state.replace(step=state.step + 1))
-        keep = keep.replace(nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
-        metrics = {"loss": loss, "accuracy": acc, "grad_norm": grad_norm}
-        return keep, metrics
 
-    return train_step
+_LOGGED = ("loss", "contrastive_loss", "contrastive_accuracy", "speaker_loss", "speaker_accuracy",
+           "grad_norm")
 
 
 def _format_eta(seconds):
@@ -122,8 +123,11 @@ class _Writer:
 
 def validate(config):
     """Fails before any work, naming the first bad field."""
-    if config.objective not in _OBJECTIVES:
-        raise ValueError(f"config.objective={config.objective!r}: expected one of {_OBJECTIVES}")
+    if config.objective not in tasks.OBJECTIVES:
+        raise ValueError(f"config.objective={config.objective!r}: expected one of {tasks.OBJECTIVES}")
+    if tasks.uses_pairs(config.objective) and config.pairs.refresh_every:
+        raise ValueError("config.pairs.refresh_every: refreshing the pair table during training is "
+                         "not available yet; use 0 (pairs fixed from config.pairs.encoder)")
     if config.model.preset not in ecapa.PRESETS:
         raise ValueError(f"config.model.preset={config.model.preset!r}: expected one of {sorted(ecapa.PRESETS)}")
     optim.make_schedule(config.optim, max(int(config.total_steps), 1))
@@ -149,7 +153,7 @@ def run(config, workdir, corpus=None):
     if len(train_rows) == 0:
         raise ValueError(f"{corpus.manifest_path}: no rows in split {corpus.train_split!r}")
     speakers = train_rows.speakers()
-    if len(speakers) < 2:
+    if tasks.uses_speakers(config.objective) and len(speakers) < 2:
         raise ValueError(f"{corpus.manifest_path}: speaker training needs ≥ 2 speakers in split "
                          f"{corpus.train_split!r}, found {len(speakers)}")
     spk_index = {s: i for i, s in enumerate(speakers)}
@@ -165,13 +169,14 @@ def run(config, workdir, corpus=None):
     local_batch = parallel.local_batch_size(config.batch_size, mesh)
     crop = int(round(config.data.crop_seconds * audio.SAMPLE_RATE))
     model_config = model_config_from(config)
-    model_config.update(source=f"emosup:{config.objective}", corpus=corpus.name, speakers=speakers)
+    model_config.update(source=f"emosup:{config.objective}", corpus=corpus.name, speakers=speakers,
+                        objective=config.objective)
     encoder = build_encoder(model_config)
     n_frames = 1 + crop // audio.HOP
     root = jax.random.key(config.seed)
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-    state = create_state(encoder, len(speakers), tx, jax.random.fold_in(root, 0),
-                         (1, n_frames, model_config["features"]["n_mels"]), mesh)
+    state = create_state(config.objective, encoder, config.loss, len(speakers), tx,
+                         jax.random.fold_in(root, 0), (1, n_frames, model_config["features"]["n_mels"]), mesh)
     n_params = sum(x.size for x in jax.tree.leaves(state.params["encoder"]))
     logging.info("encoder %s: %.2fM parameters; %d devices, global batch %d (%d per process)",
                  config.model.preset, n_params / 1e6, mesh.devices.size, config.batch_size, local_batch)
@@ -179,10 +184,12 @@ def run(config, workdir, corpus=None):
     # --- Restore. ---
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     checkpoint.write_model_json(workdir, model_config)
-    restored, meta = ckpt.restore(state)
-    start_step = 0
+    restored, meta, saved_pairs = ckpt.restore(state, with_pairs=tasks.uses_pairs(config.objective))
+    start_step, table = 0, None
     if restored is not None:
         state, start_step = restored, int(meta["step"])
+        if saved_pairs is not None:
+            table = pairs_lib.PairTable.from_arrays(saved_pairs)
         for path, reason in meta.get("skipped", {}).items():
             skip_log.add(path, reason)
         logging.info("resumed from %s at step %d", ckpt.directory, start_step)
@@ -192,59 +199,72 @@ def run(config, workdir, corpus=None):
         ckpt.close()
         return {"step": start_step, "skipped": skip_log.as_dict(), "workdir": str(workdir)}
 
+    # --- Pair table (pair objectives): fixed from the pair encoder, or restored. ---
+    if tasks.uses_pairs(config.objective) and table is None:
+        table = build_pair_table(config, paths, labels, lengths, skip_log)
+    if table is not None:
+        logging.info("pairs: table v%d, %d anchors, %d negatives each (fingerprint %s)",
+                     table.version, len(table), table.num_negatives, table.fingerprint()[:12])
+
     # --- Data and step. ---
-    batches = pipeline.crop_batches(
-        paths, labels, lengths, crop_samples=crop, global_batch=config.batch_size,
-        local_batch=local_batch, process_index=jax.process_index(), seed=config.seed,
-        start_step=start_step, num_steps=config.total_steps, skip_log=skip_log)
-    step_fn = jit_train_step(encoder, (config.loss.aam_margin, config.loss.aam_scale), mesh)
+    common = dict(crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
+                  process_index=jax.process_index(), seed=config.seed, start_step=start_step,
+                  num_steps=config.total_steps, skip_log=skip_log)
+    if table is None:
+        batches = pipeline.crop_batches(paths, labels, lengths, **common)
+    else:
+        batches = pipeline.pair_batches(paths, labels, lengths, table, **common)
+    step_fn = jit_train_step(config.objective, encoder, config.loss, mesh)
     writer = _Writer(workdir)
 
     def save(step):
         meta = {"step": step, "config": config.to_dict(), "skipped": skip_log.as_dict(),
                 "objective": config.objective}
-        ckpt.save(step, state, json.loads(json.dumps(meta, default=str)))
+        ckpt.save(step, state, json.loads(json.dumps(meta, default=str)),
+                  pairs=None if table is None else table.to_arrays())
 
-    # --- Loop. ---
-    seen_nonfinite = int(jax.device_get(state.nonfinite))
-    window_start, t_window = start_step, time.time()
-    history, last, sec_per_step = [], {}, float("nan")
-    for step in range(start_step, config.total_steps):
-        batch = parallel.to_global(next(batches), mesh)
-        if step == start_step:
-            logging.info("compiling the train step (first call)")
-            t0 = time.time()
-        state, metrics = step_fn(state, batch)
-        done = step + 1
-        if step == start_step:
-            jax.block_until_ready(metrics)
-            logging.info("compiled and ran the first step in %.1fs", time.time() - t0)
-            window_start, t_window = done, time.time()  # the compile stays out of the rates
-        if done % config.log_every == 0 or done == config.total_steps:
-            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            nonfinite = int(jax.device_get(state.nonfinite))
-            if nonfinite > seen_nonfinite:
-                ckpt.close()
-                raise NonFiniteError(
-                    f"NaN/Inf loss or gradients in steps {window_start + 1}..{done} "
-                    f"({nonfinite - seen_nonfinite} step(s); their updates were skipped). Lower "
-                    f"config.optim.lr or check the input audio; the last good checkpoint is in "
-                    f"{ckpt.directory}")
-            if done > window_start:
-                sec_per_step = (time.time() - t_window) / (done - window_start)
-            ex_s = config.batch_size / sec_per_step
-            eta = _format_eta((config.total_steps - done) * sec_per_step) if np.isfinite(sec_per_step) else "?"
-            last.update(lr=float(schedule(done)), examples_per_sec=ex_s)
-            logging.info("step %d/%d  loss %.4f  acc %.3f  grad_norm %.2f  lr %.2e | %.1f examples/s | ETA %s%s",
-                         done, config.total_steps, last["loss"], last["accuracy"], last["grad_norm"],
-                         last["lr"], ex_s, eta, f" | skipped {len(skip_log)}" if len(skip_log) else "")
-            writer.scalars(done, {f"train/{k}": v for k, v in last.items()})
-            history.append({"step": done, **last})
-            window_start, t_window = done, time.time()
-        if done % config.checkpoint_every == 0 and done < config.total_steps:
-            save(done)
-    save(config.total_steps)
-    ckpt.close()
+    # --- Loop. An exception (a crash, Ctrl-C) still lets in-flight checkpoint saves finish. ---
+    try:
+        seen_nonfinite = int(jax.device_get(state.nonfinite))
+        window_start, t_window = start_step, time.time()
+        history, last, sec_per_step = [], {}, float("nan")
+        for step in range(start_step, config.total_steps):
+            batch = parallel.to_global(next(batches), mesh)
+            if step == start_step:
+                logging.info("compiling the train step (first call)")
+                t0 = time.time()
+            state, metrics = step_fn(state, batch)
+            done = step + 1
+            if step == start_step:
+                jax.block_until_ready(metrics)
+                logging.info("compiled and ran the first step in %.1fs", time.time() - t0)
+                window_start, t_window = done, time.time()  # the compile stays out of the rates
+            if done % config.log_every == 0 or done == config.total_steps:
+                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                nonfinite = int(jax.device_get(state.nonfinite))
+                if nonfinite > seen_nonfinite:
+                    raise NonFiniteError(
+                        f"NaN/Inf loss or gradients in steps {window_start + 1}..{done} "
+                        f"({nonfinite - seen_nonfinite} step(s); their updates were skipped). Lower "
+                        f"config.optim.lr or check the input audio; the last good checkpoint is in "
+                        f"{ckpt.directory}")
+                if done > window_start:
+                    sec_per_step = (time.time() - t_window) / (done - window_start)
+                ex_s = config.batch_size / sec_per_step
+                eta = _format_eta((config.total_steps - done) * sec_per_step) if np.isfinite(sec_per_step) else "?"
+                last.update(lr=float(schedule(done)), examples_per_sec=ex_s)
+                shown = "  ".join(f"{k} {last[k]:.4g}" for k in _LOGGED if k in last)
+                logging.info("step %d/%d  %s  lr %.2e | %.1f examples/s | ETA %s%s",
+                             done, config.total_steps, shown, last["lr"], ex_s, eta,
+                             f" | skipped {len(skip_log)}" if len(skip_log) else "")
+                writer.scalars(done, {f"train/{k}": v for k, v in last.items()})
+                history.append({"step": done, **last})
+                window_start, t_window = done, time.time()
+            if done % config.checkpoint_every == 0 and done < config.total_steps:
+                save(done)
+        save(config.total_steps)
+    finally:
+        ckpt.close()
     result = {"step": config.total_steps, "final": last, "history": history,
               "skipped": skip_log.as_dict(), "workdir": str(workdir)}
     if jax.process_index() == 0:
@@ -255,7 +275,12 @@ def run(config, workdir, corpus=None):
 def main(argv):
     del argv
     logs.setup()
-    run(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.get("stage") == "finetune":
+        from emosup import finetune
+
+        finetune.run(FLAGS.config, FLAGS.workdir)
+    else:
+        run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

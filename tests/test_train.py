@@ -12,7 +12,7 @@ import pytest
 
 from helpers import DEMO, REPO, load_config
 
-from emosup import train
+from emosup import losses, train
 from emosup.data import pipeline
 
 
@@ -76,13 +76,13 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, synthetic_corpus_d
 def test_nan_guard_names_step_window(tmp_path, synthetic_corpus_dir, monkeypatch):
     import jax.numpy as jnp
 
-    real = train.losses.aam_softmax
+    real = losses.aam_softmax
 
     def poisoned(*args, **kwargs):
         loss, logits = real(*args, **kwargs)
         return loss * jnp.nan, logits
 
-    monkeypatch.setattr(train.losses, "aam_softmax", poisoned)
+    monkeypatch.setattr(losses, "aam_softmax", poisoned)
     with pytest.raises(train.NonFiniteError, match=r"steps 2\.\.2"):
         train.run(_config(synthetic_corpus_dir), tmp_path / "nan")
 

@@ -3,8 +3,10 @@
 `config.data.manifest` empty → the synthetic corpus is generated (cached) in
 `config.data.synthetic_dir` with `config.data.synthetic`; its splits are `unlabelled`,
 `labelled`, `test`. Otherwise the CSV manifest is read; its splits are `train`, `dev`, `test`.
-`train_split`/`study_split` name the roles: the speaker encoder (and later pretraining)
-learns on `train_split` rows with emotions unused; the study runs on `study_split` speakers.
+`train_split`/`study_split`/`finetune_split` name the roles: pretraining learns on
+`train_split` rows with emotions unused; the study and the SER test use `study_split`
+speakers; SER fine-tuning draws its few labels from `finetune_split` (for a CSV the same
+`train` rows, with labels).
 """
 import dataclasses
 import pathlib
@@ -20,6 +22,7 @@ class Corpus:
     train_split: str
     study_split: str
     splits: tuple
+    finetune_split: str = "train"
 
 
 def open_corpus(data_cfg, workdir=None):
@@ -37,4 +40,4 @@ def open_corpus(data_cfg, workdir=None):
     path = synthetic.generate(pathlib.Path(out).expanduser().absolute(), syn_cfg)
     m = manifest_lib.read_manifest(path, allowed_splits=synthetic.SYNTHETIC_SPLITS)
     return Corpus(name="synthetic", manifest=m, manifest_path=str(path), train_split="unlabelled",
-                  study_split="test", splits=tuple(synthetic.SYNTHETIC_SPLITS))
+                  study_split="test", splits=tuple(synthetic.SYNTHETIC_SPLITS), finetune_split="labelled")

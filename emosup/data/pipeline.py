@@ -132,3 +132,80 @@ def crop_batches(paths, labels, lengths, *, crop_samples, global_batch, local_ba
     ds = ds.map(tf_load, num_parallel_calls=num_parallel or tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
+
+
+class PairSampler:
+    """Which (anchor, positive, negatives) and crop offsets fill row `row` of global batch `step`.
+
+    Anchors are visited in a seeded permutation per epoch (an epoch = every anchor of the
+    table once); like CropSampler, a pure function of (seed, table version, step, row).
+    """
+
+    def __init__(self, table, lengths, crop_samples, global_batch, seed):
+        if len(table) == 0:
+            raise ValueError("the pair table has no anchors")
+        self.table = table
+        self.lengths = np.asarray(lengths)
+        self.crop = int(crop_samples)
+        self.global_batch = int(global_batch)
+        self.seed = int(seed)
+
+    @functools.lru_cache(maxsize=4)
+    def _perm(self, epoch):
+        return np.random.default_rng([self.seed, 0xA11C, self.table.version, epoch]).permutation(len(self.table))
+
+    def __call__(self, step, row):
+        g = int(step) * self.global_batch + int(row)
+        epoch, pos = divmod(g, len(self.table))
+        i = int(self._perm(epoch)[pos])
+        t = self.table
+        utts = np.concatenate([[t.anchors[i], t.positives[i]], t.negatives[i]]).astype(np.int64)
+        rng = np.random.default_rng([self.seed, 0xC409, g])
+        slack = np.maximum(self.lengths[utts] - self.crop, 0)
+        offsets = rng.integers(0, slack + 1)
+        return utts, offsets
+
+
+def pair_batches(paths, labels, lengths, table, *, crop_samples, global_batch, local_batch,
+                 process_index, seed, start_step, num_steps, skip_log, num_parallel=None):
+    """Host-local batches of pair groups for steps [start_step, num_steps).
+
+    Each batch: {"audio": f32 [b, 2+K, crop] (anchor, positive, K negatives), "lengths":
+    i32 [b, 2+K], "labels": i32 [b] (the anchor's speaker), "weights": f32 [b] (0 when any
+    file of the group failed to decode)}; b = local_batch.
+    """
+    tf = _tf()
+    sampler = PairSampler(table, lengths, crop_samples, global_batch, seed)
+    labels = np.asarray(labels, np.int32)
+    group = 2 + table.num_negatives
+    first_row = process_index * local_batch
+
+    def load(i):
+        step, r = divmod(int(i), local_batch)
+        utts, offsets = sampler(step, first_row + r)
+        wavs = np.zeros((group, crop_samples), np.float32)
+        n = np.full(group, crop_samples, np.int32)
+        weight = 1.0
+        for j, (u, off) in enumerate(zip(utts, offsets)):
+            try:
+                wavs[j] = audio.load_segment(paths[u], crop_samples, int(off), check_silence=False)
+                n[j] = min(int(lengths[u]) - int(off), crop_samples)
+            except (audio.AudioError, OSError, RuntimeError) as e:
+                skip_log.add(paths[u], e)
+                weight = 0.0  # the whole group leaves the loss; full lengths keep it finite
+        if weight == 0.0:
+            wavs[:], n[:] = 0.0, crop_samples
+        return wavs, n, labels[utts[0]], np.float32(weight)
+
+    def tf_load(i):
+        wav, n, lab, w = tf.numpy_function(load, [i], [tf.float32, tf.int32, tf.int32, tf.float32])
+        wav.set_shape([group, crop_samples])
+        n.set_shape([group])
+        lab.set_shape([])
+        w.set_shape([])
+        return {"audio": wav, "lengths": n, "labels": lab, "weights": w}
+
+    ds = tf.data.Dataset.range(start_step * local_batch, num_steps * local_batch)
+    ds = ds.map(tf_load, num_parallel_calls=num_parallel or tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.as_numpy_iterator()

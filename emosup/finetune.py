@@ -1,0 +1,257 @@
+"""SER fine-tuning: a head on any initialisation, trained on few labels, selected on dev.
+
+  python -m emosup.train --config=configs/finetune.py:init=runs/mt --workdir=runs/ft
+
+Roles of the rows (emosup.data.corpus): the labelled pool (`labelled` split of the synthetic
+corpus, `train` rows of a CSV) gives `labels_per_class` utterances per class for training;
+dev is the CSV's `dev` rows or, without them, a seeded `dev_fraction` of the pool's speakers
+(never the ones trained on); the test rows' speakers are unseen in fine-tuning.
+
+Schedule: the encoder is frozen (running BatchNorm statistics, learning rate 0) for
+`freeze_steps`, then trained with `lr_encoder`; the head always learns with `lr_head`.
+Every `eval_every` steps dev is scored (macro-F1; mean CCC for a dimensional-only head)
+and the best variables are kept; the test split is scored once with them.
+"""
+import json
+import pathlib
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from emosup import audio, checkpoint, losses, metrics, parallel
+from emosup.data import corpus as corpus_lib
+from emosup.data import pipeline
+from emosup.embed import Encoder, embed_paths
+from emosup.models import ecapa
+from emosup.models.heads import SerHead
+from emosup.models.speaker import build_encoder
+
+DIMENSIONS = ("arousal", "valence", "dominance")
+_TARGETS = ("categorical", "dimensional", "both")
+
+
+class FinetuneState(train_state.TrainState):
+    batch_stats: dict
+
+
+def _split_rows(config, corpus):
+    """(train rows, dev rows, test rows, classes) following the roles in the module docstring."""
+    m = corpus.manifest
+    pool = [u for u in m.select(split=corpus.finetune_split) if u.emotion]
+    test = [u for u in m.select(split=corpus.study_split) if u.emotion]
+    if not pool:
+        raise ValueError(f"{corpus.manifest_path}: no rows with an emotion in split {corpus.finetune_split!r}")
+    if not test:
+        raise ValueError(f"{corpus.manifest_path}: no rows with an emotion in split {corpus.study_split!r}")
+    classes = list(config.ser.classes) or sorted({u.emotion for u in pool})
+    for name, rows in (("fine-tuning", pool), ("test", test)):
+        unknown = sorted({u.emotion for u in rows} - set(classes))
+        if unknown:
+            raise ValueError(f"{corpus.manifest_path}: {name} rows have emotions {unknown} that "
+                             f"config.ser.classes {classes} does not know")
+    rng = np.random.default_rng([config.seed, 0xF17E])
+    dev = [u for u in m.select(split="dev") if u.emotion] if "dev" in corpus.splits else []
+    if not dev:
+        speakers = sorted({u.speaker for u in pool})
+        n_dev = max(1, int(round(config.ser.dev_fraction * len(speakers))))
+        if len(speakers) <= n_dev:
+            raise ValueError(f"{corpus.manifest_path}: {len(speakers)} labelled speaker(s) cannot give "
+                             "both fine-tuning and dev speakers; add a `dev` split or more speakers")
+        dev_spk = set(rng.permutation(speakers)[:n_dev].tolist())
+        dev = [u for u in pool if u.speaker in dev_spk]
+        pool = [u for u in pool if u.speaker not in dev_spk]
+    train_rows = []
+    for c in classes:
+        rows = [u for u in pool if u.emotion == c]
+        if not rows:
+            raise ValueError(f"{corpus.manifest_path}: the labelled set has no utterance of class {c!r}")
+        if len(rows) < config.ser.labels_per_class:
+            logging.warning("finetune: class %r has %d labelled utterances (< labels_per_class=%d); using all",
+                            c, len(rows), config.ser.labels_per_class)
+        take = rng.permutation(len(rows))[:config.ser.labels_per_class]
+        train_rows += [rows[i] for i in sorted(take)]
+    return train_rows, dev, test, classes
+
+
+def _dims(rows, where):
+    values = [[getattr(u, d) for d in DIMENSIONS] for u in rows]
+    missing = [u.id for u, v in zip(rows, values) if any(x is None for x in v)]
+    if missing:
+        raise ValueError(f"{where}: dimensional targets need arousal, valence and dominance on every "
+                         f"row; {len(missing)} rows lack them (first: {missing[0]})")
+    return np.array(values, np.float32)
+
+
+def _init_encoder(config):
+    """(model_config, variables, encoder module) from `config.init` or a fresh preset."""
+    if config.init:
+        model_config, variables = checkpoint.load_encoder_variables(config.init)
+        return model_config, variables
+    kwargs = dict(ecapa.PRESETS[config.model.preset])
+    model_config = {"encoder": "ecapa", "ecapa": kwargs, "features": {"n_mels": 80, "mean_norm": "sentence"},
+                    "preset": config.model.preset, "source": "scratch"}
+    return model_config, None
+
+
+def evaluate(encoder, head, head_params, rows, classes, target, batch_per_device=8):
+    """Scores rows (full utterances) → dict of metrics, confusion matrix, probabilities."""
+    emb, _, valid = embed_paths(encoder, [u.path for u in rows], batch_per_device=batch_per_device,
+                                progress=False)
+    logits, dims = head.apply({"params": head_params}, jnp.asarray(np.nan_to_num(emb)))
+    out = {"utterances": int(valid.sum()), "unreadable": int((~valid).sum())}
+    if logits is not None:
+        labels = np.array([classes.index(u.emotion) for u in rows])[valid]
+        preds = np.asarray(jnp.argmax(logits, -1))[valid]
+        cm = metrics.confusion_matrix(labels, preds, len(classes))
+        m = metrics.classification_metrics(cm)
+        out.update(macro_f1=m["macro_f1"], uar=m["uar"], accuracy=m["accuracy"], confusion=cm.tolist(),
+                   probabilities=np.asarray(jax.nn.softmax(logits, -1))[valid])
+    if dims is not None:
+        stats = metrics.CCCStats(len(DIMENSIONS))
+        stats.update(np.asarray(dims)[valid], _dims(rows, "evaluation")[valid])
+        ccc = stats.value()
+        out.update({f"ccc_{d}": float(c) for d, c in zip(DIMENSIONS, ccc)}, ccc_mean=float(np.mean(ccc)))
+    return out
+
+
+def _selection_score(result, target):
+    return result["macro_f1"] if target != "dimensional" else result["ccc_mean"]
+
+
+def run(config, workdir, corpus=None):
+    """Fine-tunes and evaluates; writes results.json, confusion.png and variables/ into workdir."""
+    if config.ser.target not in _TARGETS:
+        raise ValueError(f"config.ser.target={config.ser.target!r}: expected one of {_TARGETS}")
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    corpus = corpus or corpus_lib.open_corpus(config.data, workdir)
+    train_rows, dev_rows, test_rows, classes = _split_rows(config, corpus)
+    target = config.ser.target
+    n_classes = len(classes) if target in ("categorical", "both") else 0
+    n_dims = len(DIMENSIONS) if target in ("dimensional", "both") else 0
+    logging.info("finetune: %d training utterances (%s per class), %d dev, %d test; classes %s",
+                 len(train_rows), config.ser.labels_per_class, len(dev_rows), len(test_rows), classes)
+
+    # --- Model: encoder (init or scratch) + head. ---
+    mesh = parallel.make_mesh()
+    local_batch = parallel.local_batch_size(config.batch_size, mesh)
+    model_config, init_vars = _init_encoder(config)
+    encoder = build_encoder(model_config)
+    head = SerHead(num_classes=n_classes, num_dims=n_dims, hidden=config.ser.head_hidden)
+    crop = int(round(config.data.crop_seconds * audio.SAMPLE_RATE))
+    key = jax.random.key(config.seed)
+    k_enc, k_head = jax.random.split(jax.random.fold_in(key, 1))
+    if init_vars is None:
+        init_vars = encoder.init(k_enc, jnp.zeros((1, 1 + crop // audio.HOP, 80)), None, train=False)
+    params = {"encoder": init_vars["params"],
+              "ser_head": head.init(k_head, jnp.zeros((1, encoder.lin_neurons)))["params"]}
+    stats = {"encoder": init_vars.get("batch_stats", {})}
+
+    freeze = int(config.ser.freeze_steps)
+    enc_lr = optax.join_schedules(
+        [optax.constant_schedule(0.0),
+         optax.cosine_decay_schedule(config.optim.lr_encoder, max(config.total_steps - freeze, 1), 0.1)],
+        [freeze])
+    tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip), optax.multi_transform(
+        {"encoder": optax.adamw(enc_lr, weight_decay=config.optim.weight_decay),
+         "ser_head": optax.adamw(optax.cosine_decay_schedule(config.optim.lr_head, config.total_steps, 0.1),
+                                 weight_decay=config.optim.weight_decay)},
+        {"encoder": "encoder", "ser_head": "ser_head"}))
+    state = parallel.replicate(FinetuneState.create(apply_fn=head.apply, params=params, tx=tx,
+                                                    batch_stats=stats), mesh)
+
+    # --- Loss. ---
+    counts = np.bincount([classes.index(u.emotion) for u in train_rows], minlength=len(classes))
+    class_w = jnp.asarray(losses.class_weights_from_counts(counts)) if (
+        n_classes and config.ser.class_weights) else None
+
+    def make_step(frozen):
+        def loss_fn(params, batch_stats, batch):
+            feats, n_valid = audio.utterance_features(batch["audio"], batch["lengths"])
+            v = {"params": params["encoder"], "batch_stats": batch_stats["encoder"]}
+            if frozen:  # frozen encoder: running statistics, no gradient
+                emb, new = jax.lax.stop_gradient(encoder.apply(v, feats, n_valid, train=False)), batch_stats
+            else:
+                emb, upd = encoder.apply(v, feats, n_valid, train=True, mutable=["batch_stats"])
+                new = {"encoder": upd["batch_stats"]}
+            logits, dims = head.apply({"params": params["ser_head"]}, emb)
+            loss = 0.0
+            if logits is not None:
+                loss += losses.weighted_cross_entropy(logits, batch["labels"], class_w, batch["weights"])
+            if dims is not None:
+                loss += losses.ccc_loss(dims, batch["dims"], batch["weights"])
+            return loss, new
+
+        def step(state, batch):
+            (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch)
+            return state.apply_gradients(grads=grads, batch_stats=new), {"loss": loss}
+
+        return jax.jit(step, donate_argnums=0,
+                       in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                       out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+
+    steps = {True: make_step(True), False: make_step(False)}
+
+    # --- Data. ---
+    skip_log = pipeline.SkipLog()
+    paths = [u.path for u in train_rows]
+    labels = np.array([classes.index(u.emotion) for u in train_rows], np.int32)
+    lengths, _ = pipeline.scan_utterances(paths, skip_log)
+    dims_all = _dims(train_rows, corpus.manifest_path) if n_dims else None
+    batches = pipeline.crop_batches(
+        paths, labels, lengths, crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
+        process_index=jax.process_index(), seed=config.seed, start_step=0, num_steps=config.total_steps,
+        skip_log=skip_log)
+    sampler = pipeline.CropSampler(lengths, crop, config.batch_size, config.seed)
+
+    # --- Loop with dev selection. ---
+    eval_enc = Encoder(model_config=model_config, variables=None, name=model_config.get("source"))
+    best, best_score, history = None, -np.inf, []
+    t0 = time.time()
+    for step in range(config.total_steps):
+        batch = next(batches)
+        if dims_all is not None:
+            first = jax.process_index() * local_batch
+            rows = [sampler(step, first + r)[0] for r in range(local_batch)]
+            batch["dims"] = dims_all[rows]
+        state, m = steps[step < freeze](state, parallel.to_global(batch, mesh))
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.total_steps:
+            host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+            eval_enc.variables = {"params": host["params"]["encoder"], "batch_stats": host["batch_stats"]["encoder"]}
+            dev = evaluate(eval_enc, head, host["params"]["ser_head"], dev_rows, classes, target)
+            score = _selection_score(dev, target)
+            history.append({"step": done, "loss": float(m["loss"]), "dev": {k: v for k, v in dev.items()
+                                                                             if k not in ("probabilities", "confusion")}})
+            logging.info("finetune step %d/%d  loss %.4f  dev %s %.4f%s  (%.0fs)", done, config.total_steps,
+                         float(m["loss"]), "macro-F1" if target != "dimensional" else "CCC", score,
+                         "  *best*" if score > best_score else "", time.time() - t0)
+            if score > best_score:
+                best, best_score = host, score
+
+    # --- Test with the dev-selected variables. ---
+    eval_enc.variables = {"params": best["params"]["encoder"], "batch_stats": best["batch_stats"]["encoder"]}
+    test = evaluate(eval_enc, head, best["params"]["ser_head"], test_rows, classes, target)
+    best_step = max(history, key=lambda h: _selection_score(h["dev"], target))["step"]
+    result = {"classes": classes, "target": target, "init": config.init or "scratch", "seed": config.seed,
+              "labels_per_class": config.ser.labels_per_class, "train_utterances": len(train_rows),
+              "dev_utterances": len(dev_rows), "best_step": best_step, "dev_score": best_score,
+              "test": {k: v for k, v in test.items() if k != "probabilities"}, "history": history,
+              "skipped": skip_log.as_dict()}
+    if jax.process_index() == 0:
+        (workdir / "results.json").write_text(json.dumps(result, indent=2))
+        if n_classes:
+            metrics.plot_confusion_matrix(np.array(test["confusion"]), classes, workdir / "confusion.png",
+                                          title=f"test, init={pathlib.Path(config.init).name or 'scratch'}")
+        ser_config = dict(model_config, ser={"classes": classes if n_classes else [],
+                                             "dimensions": list(DIMENSIONS) if n_dims else [],
+                                             "head_hidden": config.ser.head_hidden})
+        if not (workdir / "variables").exists():
+            checkpoint.export_encoder(workdir, ser_config, {"params": best["params"], "batch_stats": best["batch_stats"]})
+    return result
