@@ -6,7 +6,8 @@
 Arguments (after the colon, comma-separated): manifest (CSV; default: synthetic corpus),
 synthetic_dir (cache folder of the synthetic corpus; default ~/.cache/emosup/...),
 preset (tiny | c512 | c1024), steps (default 400), batch_size (default 32), k (0 = number of emotions), tiny (1 = the
-few-second variant the tests run).
+few-second variant the tests run), arms (0 = stop after the study), seeds (default 3),
+labels_per_class (default 8).
 """
 import hashlib
 import json
@@ -19,7 +20,7 @@ from emosup import config_lib
 
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, manifest="", synthetic_dir="", preset="tiny", steps=0,
-                             batch_size=0, k=0, tiny=False)
+                             batch_size=0, k=0, tiny=False, arms=True, seeds=3, labels_per_class=8)
     steps = a.steps or (6 if a.tiny else 400)
     batch_size = a.batch_size or (8 if a.tiny else 32)
     c = config_lib.speaker_config(manifest=a.manifest, synthetic_dir=a.synthetic_dir,
@@ -37,4 +38,18 @@ def get_config(arg=None):
         cache = os.environ.get("EMOSUP_CACHE", os.path.expanduser("~/.cache/emosup"))
         c.data.synthetic_dir = os.path.join(cache, f"synthetic-{key}")
     c.study = ml_collections.ConfigDict(dict(k=a.k, seed=0))
+    # The comparison: every arm pretrains with the same budget, then fine-tunes on few labels.
+    c.arms = ml_collections.ConfigDict(dict(
+        names=("scratch", "speaker", "contrastive", "multitask", "adversarial") if a.arms else (),
+        seeds=tuple(range(a.seeds)),
+        pretrain_steps=4 if a.tiny else 120,
+        pretrain_batch_size=8,         # anchors per step (each with a positive and K negatives)
+        speaker_batch_size=8 if a.tiny else 32,
+        pretrain_crop_seconds=1.0,
+    ))
+    c.pairs.k = 2 if a.tiny else 0    # 0 = k per speaker by silhouette
+    c.pairs.num_negatives = 2 if a.tiny else 4
+    c.finetune = config_lib.finetune_config(steps=6 if a.tiny else 200, batch_size=8 if a.tiny else 16,
+                                            labels_per_class=a.labels_per_class)
+    c.finetune.data.crop_seconds = 1.0 if a.tiny else 2.0
     return c

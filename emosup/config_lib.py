@@ -115,5 +115,5 @@ def finetune_config(manifest="", synthetic_dir="", init="", preset="tiny", steps
     c.optim = ml_collections.ConfigDict(dict(lr_head=3e-3, lr_encoder=3e-4, weight_decay=1e-4, grad_clip=5.0))
     c.batch_size = batch_size
     c.total_steps = steps
-    c.eval_every = max(steps // 6, 1)
+    c.eval_every = max(steps // 4, 1)
     return c

@@ -45,6 +45,7 @@ class Encoder:
         self.module = build_encoder(self.model_config)
         self.name = name or self.model_config.get("source", self.directory)
         self._jitted = {}
+        self.compiled = set()  # (mesh, padded length) already compiled, for the log
 
     @property
     def dim(self):
@@ -93,7 +94,7 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
     order = [i for i in np.argsort(lengths, kind="stable") if lengths[i] > 0]
     fn = encoder.jitted(mesh)
     variables = parallel.replicate(encoder.variables, mesh)
-    compiled_lengths, t_start, t_log, done = set(), time.time(), time.time(), 0
+    t_start, t_log, done = time.time(), time.time(), 0
 
     def load(i):
         try:
@@ -119,9 +120,9 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
                 for r, (_, w) in enumerate(keep):
                     x[r, :len(w)] = w
                     lens[r] = len(w)
-                if pad_to not in compiled_lengths:
+                if (mesh, pad_to) not in encoder.compiled:
                     logging.info("embed: compiling for %.2f s batches", pad_to / audio.SAMPLE_RATE)
-                    compiled_lengths.add(pad_to)
+                    encoder.compiled.add((mesh, pad_to))
                 e, s = jax.device_get(fn(variables, parallel.to_global(x, mesh), parallel.to_global(lens, mesh)))
                 rows = [i for i, _ in keep]
                 emb[rows], stats[rows], valid[rows] = e[:len(rows)], s[:len(rows)], True

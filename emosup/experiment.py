@@ -5,7 +5,10 @@
 2. a speaker encoder trained with AAM-softmax on the `train_split` speakers, emotions unused
    (DIR/speaker; resumes if killed);
 3. the clustering study on the `study_split` speakers, which the encoder never saw
-   (DIR/study.json, DIR/study.md, DIR/study_*.png); its table is printed.
+   (DIR/study.json, DIR/study.md, DIR/study_*.png); its table is printed;
+4. the comparison (emosup.comparison): pretraining arms × seeds, each fine-tuned for SER on
+   few labels and tested on unseen speakers (DIR/results.json, DIR/results.md); its table
+   is printed. `config.arms.names = ()` stops after the study.
 """
 import os
 import pathlib
@@ -21,7 +24,7 @@ from emosup import logs
 def run(config, workdir):
     # Imported here, not at the top: the synthetic corpus's worker processes re-import this
     # module as their __main__, and should not pay for JAX and TensorFlow.
-    from emosup import study, study_report, train
+    from emosup import comparison, study, study_report, train
     from emosup.data import corpus as corpus_lib
 
     workdir = pathlib.Path(workdir).absolute()
@@ -35,7 +38,14 @@ def run(config, workdir):
     print(f"\nClustering study — {corpus.name}, split {corpus.study_split!r} (speakers unseen in training)")
     print(study_report.format_table(result))
     print(f"\nwrote {workdir / 'study.json'}")
-    return result
+    if not config.arms.names:
+        return result
+    results = comparison.run(config, workdir, corpus, workdir / "speaker")
+    print(f"\nSER comparison — {corpus.name}: {results['labels_per_class']} labels per class, "
+          f"test speakers unseen, mean ± std over seeds {results['seeds']}")
+    print(comparison.format_table(results))
+    print(f"\nwrote {workdir / 'results.json'}")
+    return result, results
 
 
 def main(argv):

@@ -63,8 +63,12 @@ def jit_train_step(objective, encoder, loss_cfg, mesh):
                    out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
 
 
-def build_pair_table(config, paths, speaker_labels, lengths, skip_log):
-    """The fixed pair table (version 0) from the clusters of `config.pairs.encoder`'s embeddings."""
+def build_pair_table(config, paths, speaker_labels, lengths, skip_log, embedding_cache=None):
+    """The fixed pair table (version 0) from the clusters of `config.pairs.encoder`'s embeddings.
+
+    `embedding_cache` (a dict) lets several runs over the same utterances and pair encoder
+    (the arms and seeds of an experiment) embed them once.
+    """
     from emosup import embed  # the pair encoder's front end and bucketing
 
     if not config.pairs.encoder:
@@ -72,9 +76,15 @@ def build_pair_table(config, paths, speaker_labels, lengths, skip_log):
             f"config.pairs.encoder is empty: objective {config.objective!r} draws its pairs from the "
             "intra-speaker clusters of a speaker encoder; give an emosup checkpoint or a folder "
             "written by `python -m emosup.convert`")
-    enc = embed.Encoder(config.pairs.encoder)
-    logging.info("pairs: embedding %d utterances with %s", len(paths), enc.name)
-    emb, _, valid = embed.embed_paths(enc, paths, skip_log=skip_log)
+    key = (str(pathlib.Path(config.pairs.encoder).absolute()), tuple(paths))
+    if embedding_cache is not None and key in embedding_cache:
+        emb, valid = embedding_cache[key]
+    else:
+        enc = embed.Encoder(config.pairs.encoder)
+        logging.info("pairs: embedding %d utterances with %s", len(paths), enc.name)
+        emb, _, valid = embed.embed_paths(enc, paths, skip_log=skip_log)
+        if embedding_cache is not None:
+            embedding_cache[key] = (emb, valid)
     keep = np.flatnonzero(valid & (np.asarray(lengths) > 0))
     table = pairs_lib.build_pair_table(
         emb[keep], np.asarray(speaker_labels)[keep], k=config.pairs.k or None,
@@ -138,10 +148,11 @@ def validate(config):
         raise ValueError(f"config.data.crop_seconds={config.data.crop_seconds!r}: must exceed one 25 ms frame")
 
 
-def run(config, workdir, corpus=None):
+def run(config, workdir, corpus=None, embedding_cache=None):
     """Trains the configured objective; returns a dict with the final metrics.
 
-    `corpus` (a data.corpus.Corpus) saves re-reading the manifest when the caller has it.
+    `corpus` (a data.corpus.Corpus) saves re-reading the manifest when the caller has it;
+    `embedding_cache` is passed to `build_pair_table`.
     """
     validate(config)
     workdir = pathlib.Path(workdir).absolute()
@@ -201,7 +212,7 @@ def run(config, workdir, corpus=None):
 
     # --- Pair table (pair objectives): fixed from the pair encoder, or restored. ---
     if tasks.uses_pairs(config.objective) and table is None:
-        table = build_pair_table(config, paths, labels, lengths, skip_log)
+        table = build_pair_table(config, paths, labels, lengths, skip_log, embedding_cache)
     if table is not None:
         logging.info("pairs: table v%d, %d anchors, %d negatives each (fingerprint %s)",
                      table.version, len(table), table.num_negatives, table.fingerprint()[:12])

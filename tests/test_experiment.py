@@ -27,7 +27,7 @@ def _check_study(path, speakers, utterances):
 
 
 def test_demo_tiny_on_synthetic_corpus(tmp_path, synthetic_corpus_dir, capsys):
-    cfg = load_config(DEMO, f"tiny=1,synthetic_dir={synthetic_corpus_dir}")
+    cfg = load_config(DEMO, f"tiny=1,seeds=1,synthetic_dir={synthetic_corpus_dir}")
     experiment.run(cfg, tmp_path)
     # tiny corpus: 3 test speakers × 4 emotions × 4 utterances
     study = _check_study(tmp_path / "study.json", speakers=3, utterances=48)
@@ -36,7 +36,33 @@ def test_demo_tiny_on_synthetic_corpus(tmp_path, synthetic_corpus_dir, capsys):
     for name in ("study.md", "study_tsne.png", "study_agreement.png"):
         assert (tmp_path / name).stat().st_size > 0
     out = capsys.readouterr().out
-    assert "speaker_kmeans" in out or "speaker k-means" in out
+    assert "speaker k-means" in out
+
+    # The comparison: every arm, one seed, results.json schema, confusion matrices, the table.
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["corpus"] == "synthetic" and results["seeds"] == [0]
+    assert results["labels_per_class"] == 8
+    assert list(results["arms"]) == ["scratch", "speaker", "contrastive", "multitask", "adversarial"]
+    for arm, r in results["arms"].items():
+        for m in ("macro_f1", "uar", "accuracy"):
+            assert set(r[m]) == {"mean", "std", "runs"} and len(r[m]["runs"]) == 1
+            assert 0.0 <= r[m]["mean"] <= 1.0
+        assert (tmp_path / f"confusion_{arm}.png").stat().st_size > 0
+        ft = json.loads((tmp_path / "finetune" / arm / "seed0" / "results.json").read_text())
+        assert ft["test"]["macro_f1"] == r["macro_f1"]["runs"][0]
+        assert np.sum(ft["test"]["confusion"]) == 48  # every test utterance scored once
+    assert "| multitask |" in out and "results.json" in out
+
+    # predict on the fine-tuned speaker arm: a class per file, probabilities summing to 1.
+    from emosup import predict
+
+    wavs = sorted((synthetic_corpus_dir / "wav" / "test").rglob("*.wav"))[:3]
+    rows = predict.predict(tmp_path / "finetune" / "speaker" / "seed0", [str(w) for w in wavs] + ["/no/such.wav"])
+    assert [r["path"] for r in rows] == [str(w) for w in wavs] + ["/no/such.wav"]
+    for r in rows[:3]:
+        assert r["emotion"] in results["classes"]
+        assert abs(sum(r["probabilities"].values()) - 1.0) < 1e-5
+    assert "not found" in rows[3]["error"]
 
 
 def test_demo_tiny_on_a_csv_corpus_of_foreign_wavs(tmp_path):
@@ -62,7 +88,7 @@ def test_demo_tiny_on_a_csv_corpus_of_foreign_wavs(tmp_path):
                 sf.write(tmp_path / rel, x.astype(np.float32), sr)
                 rows.append(f"{rel},spk{s},{emo},{split}")
     (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
-    cfg = load_config(DEMO, f"tiny=1,manifest={tmp_path / 'mine.csv'}")
+    cfg = load_config(DEMO, f"tiny=1,arms=0,manifest={tmp_path / 'mine.csv'}")
     experiment.run(cfg, tmp_path / "run")
     study = _check_study(tmp_path / "run" / "study.json", speakers=2, utterances=16)
     assert study["k"] == 2 and study["corpus"] == "mine"
