@@ -101,7 +101,6 @@ def crop_batches(paths, labels, lengths, *, crop_samples, global_batch, local_ba
     Each batch: {"audio": f32 [b, crop], "lengths": i32 [b] (valid samples), "labels": i32 [b],
     "weights": f32 [b] (0 for rows whose file failed to decode)}; b = local_batch.
     """
-    tf = _tf()
     sampler = CropSampler(lengths, crop_samples, global_batch, seed)
     labels = np.asarray(labels, np.int32)
     first_row = process_index * local_batch
@@ -121,12 +120,24 @@ def crop_batches(paths, labels, lengths, *, crop_samples, global_batch, local_ba
             wav, n, weight = np.zeros(crop_samples, np.float32), crop_samples, 0.0
         return wav.astype(np.float32), np.int32(n), labels[utt], np.float32(weight)
 
+    return _batches(load, {"audio": [crop_samples], "lengths": [], "labels": [], "weights": []},
+                    local_batch, start_step, num_steps, num_parallel)
+
+
+_DTYPES = {"audio": "float32", "lengths": "int32", "labels": "int32", "weights": "float32"}
+
+
+def _batches(load, shapes, local_batch, start_step, num_steps, num_parallel):
+    """tf.data over example indices [start_step·b, num_steps·b): `load(i)` (numpy, run in
+    parallel, order kept) returns the fields of `shapes` in order; batches of b rows."""
+    tf = _tf()
+    names = list(shapes)
+
     def tf_load(i):
-        wav, n, lab, w = tf.numpy_function(load, [i], [tf.float32, tf.int32, tf.int32, tf.float32])
-        wav.set_shape([crop_samples])
-        for t in (n, lab, w):
-            t.set_shape([])
-        return {"audio": wav, "lengths": n, "labels": lab, "weights": w}
+        out = tf.numpy_function(load, [i], [getattr(tf, _DTYPES[k]) for k in names])
+        for t, k in zip(out, names):
+            t.set_shape(shapes[k])
+        return dict(zip(names, out))
 
     ds = tf.data.Dataset.range(start_step * local_batch, num_steps * local_batch)
     ds = ds.map(tf_load, num_parallel_calls=num_parallel or tf.data.AUTOTUNE, deterministic=True)
@@ -174,7 +185,6 @@ def pair_batches(paths, labels, lengths, table, *, crop_samples, global_batch, l
     i32 [b, 2+K], "labels": i32 [b] (the anchor's speaker), "weights": f32 [b] (0 when any
     file of the group failed to decode)}; b = local_batch.
     """
-    tf = _tf()
     sampler = PairSampler(table, lengths, crop_samples, global_batch, seed)
     labels = np.asarray(labels, np.int32)
     group = 2 + table.num_negatives
@@ -197,15 +207,5 @@ def pair_batches(paths, labels, lengths, table, *, crop_samples, global_batch, l
             wavs[:], n[:] = 0.0, crop_samples
         return wavs, n, labels[utts[0]], np.float32(weight)
 
-    def tf_load(i):
-        wav, n, lab, w = tf.numpy_function(load, [i], [tf.float32, tf.int32, tf.int32, tf.float32])
-        wav.set_shape([group, crop_samples])
-        n.set_shape([group])
-        lab.set_shape([])
-        w.set_shape([])
-        return {"audio": wav, "lengths": n, "labels": lab, "weights": w}
-
-    ds = tf.data.Dataset.range(start_step * local_batch, num_steps * local_batch)
-    ds = ds.map(tf_load, num_parallel_calls=num_parallel or tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.as_numpy_iterator()
+    return _batches(load, {"audio": [group, crop_samples], "lengths": [group], "labels": [], "weights": []},
+                    local_batch, start_step, num_steps, num_parallel)
