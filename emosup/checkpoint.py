@@ -41,7 +41,7 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step, state, meta, pairs=None):
-        """Saves train state, the meta JSON and, when given, the pair table's arrays."""
+        """Saves train state, the meta JSON and, when given, the pair tables' arrays (a dict)."""
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if pairs is not None:
             items["pairs"] = ocp.args.StandardSave(pairs)
@@ -51,7 +51,8 @@ class Checkpointer:
         """(state, meta, pairs) of the latest checkpoint, or (None, None, None) when there is none.
 
         `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) or arrays;
-        `pairs` is a dict of numpy arrays (None unless `with_pairs` and the checkpoint has them).
+        `pairs` is the saved (nested) dict of numpy arrays (None unless `with_pairs` and the
+        checkpoint has them).
         """
         step = self.manager.latest_step()
         if step is None:
@@ -63,7 +64,7 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         pairs = None
         if with_pairs and restored.get("pairs") is not None:
-            pairs = {k: np.asarray(v) for k, v in restored.pairs.items()}
+            pairs = jax.tree.map(np.asarray, dict(restored.pairs))
         return restored.state, restored.meta, pairs
 
     def wait(self):

@@ -76,7 +76,8 @@ def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, bat
         max_k=6,                # silhouette searches k = 2..max_k
         num_negatives=4,        # K negatives per anchor, from the anchor speaker's other clusters
         cross_speaker_negatives=0,  # how many of the K come from other speakers instead
-        refresh_every=0,        # 0 = pairs fixed from `encoder` (the default, as in the abstract)
+        refresh_every=0,        # 0 = pairs fixed from `encoder` (the default, as in the abstract);
+                                # R > 0 = re-clustered every R steps from the encoder being trained
     ))
     c.optim = ml_collections.ConfigDict(dict(
         lr=2e-3, weight_decay=2e-6, warmup_steps=min(50, steps // 10), schedule="cosine",

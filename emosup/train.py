@@ -6,7 +6,10 @@ Objectives (emosup.tasks): `speaker` (AAM-softmax over the speakers of `train_sp
 `contrastive`, `multitask`, `adversarial` (intra-speaker pairs from the pair table). Emotion
 labels are never read. A killed run restarted with the same command resumes from its last
 checkpoint and ends with the same parameters as an unbroken run: batches are a pure
-function of (seed, step) and the pair table is saved in the checkpoint.
+function of (seed, step, pair-table version) and the pair tables are saved in the checkpoint.
+With `pairs.refresh_every = R > 0`, the table is rebuilt in a background thread from the
+encoder being trained at steps R, 2R, ... and version v is used from step (v+1)·R, so the
+build has R steps to hide behind and the result does not depend on its timing.
 """
 import dataclasses
 import json
@@ -63,8 +66,26 @@ def jit_train_step(objective, encoder, loss_cfg, mesh):
                    out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
 
 
+def _table_from_embeddings(config, emb, valid, speaker_labels, lengths, version):
+    """The pair table of one version from utterance embeddings (rows of unreadable or empty
+    files take no part), with indices into the full utterance list."""
+    keep = np.flatnonzero(valid & (np.asarray(lengths) > 0))
+    table = pairs_lib.build_pair_table(
+        emb[keep], np.asarray(speaker_labels)[keep], k=config.pairs.k or None,
+        k_range=tuple(range(2, config.pairs.max_k + 1)), num_negatives=config.pairs.num_negatives,
+        cross_speaker_negatives=config.pairs.cross_speaker_negatives, seed=config.seed, version=version)
+    clusters = np.full(len(lengths), -1, np.int32)
+    clusters[keep] = table.clusters
+    table = dataclasses.replace(
+        table, anchors=keep[table.anchors].astype(np.int32), positives=keep[table.positives].astype(np.int32),
+        negatives=keep[table.negatives].astype(np.int32), clusters=clusters,
+        speakers=np.asarray(speaker_labels, np.int32))
+    logging.info("pairs v%d: %s", version, json.dumps(table.stats, default=str)[:600])
+    return table
+
+
 def build_pair_table(config, paths, speaker_labels, lengths, skip_log, embedding_cache=None):
-    """The fixed pair table (version 0) from the clusters of `config.pairs.encoder`'s embeddings.
+    """The initial pair table (version 0) from the clusters of `config.pairs.encoder`'s embeddings.
 
     `embedding_cache` (a dict) lets several runs over the same utterances and pair encoder
     (the arms and seeds of an experiment) embed them once.
@@ -85,19 +106,49 @@ def build_pair_table(config, paths, speaker_labels, lengths, skip_log, embedding
         emb, _, valid = embed.embed_paths(enc, paths, skip_log=skip_log)
         if embedding_cache is not None:
             embedding_cache[key] = (emb, valid)
-    keep = np.flatnonzero(valid & (np.asarray(lengths) > 0))
-    table = pairs_lib.build_pair_table(
-        emb[keep], np.asarray(speaker_labels)[keep], k=config.pairs.k or None,
-        k_range=tuple(range(2, config.pairs.max_k + 1)), num_negatives=config.pairs.num_negatives,
-        cross_speaker_negatives=config.pairs.cross_speaker_negatives, seed=config.seed, version=0)
-    clusters = np.full(len(paths), -1, np.int32)
-    clusters[keep] = table.clusters
-    table = dataclasses.replace(
-        table, anchors=keep[table.anchors].astype(np.int32), positives=keep[table.positives].astype(np.int32),
-        negatives=keep[table.negatives].astype(np.int32), clusters=clusters,
-        speakers=np.asarray(speaker_labels, np.int32))
-    logging.info("pairs: %s", json.dumps(table.stats, default=str)[:600])
-    return table
+    return _table_from_embeddings(config, emb, valid, speaker_labels, lengths, version=0)
+
+
+def refresh_builder(config, model_config, paths, speaker_labels, lengths, skip_log, mesh):
+    """`build_fn(version, snapshot)` for the PairService: embeds every training utterance with
+    the encoder being trained (`snapshot` = its host-side variables at step version·R) and
+    clusters them again. Runs in the service's thread; one jitted embedder serves every build."""
+    from emosup import embed
+
+    embedder = {}
+
+    def build(version, snapshot):
+        if "enc" not in embedder:
+            embedder["enc"] = embed.Encoder(model_config=model_config, variables=snapshot,
+                                            name="the encoder being trained")
+        enc = embedder["enc"]
+        enc.variables = snapshot
+        t0 = time.time()
+        emb, _, valid = embed.embed_paths(enc, paths, mesh=mesh, skip_log=skip_log, progress=False)
+        table = _table_from_embeddings(config, emb, valid, speaker_labels, lengths, version)
+        logging.info("pairs: built table v%d from the step-%d encoder in %.1fs", version,
+                     version * config.pairs.refresh_every, time.time() - t0)
+        return table
+
+    return build
+
+
+def _encoder_snapshot(state):
+    """Host copy of the encoder's variables (taken before the next step donates the state)."""
+    return jax.device_get({"params": state.params["encoder"],
+                           "batch_stats": state.batch_stats.get("encoder", {})})
+
+
+def _tables_to_arrays(tables):
+    return {f"v{t.version}": t.to_arrays() for t in tables}
+
+
+def _tables_from_arrays(saved):
+    """Pair tables of a checkpoint, oldest first; also reads the single-table layout."""
+    if "anchors" in saved:
+        return [pairs_lib.PairTable.from_arrays(saved)]
+    tables = [pairs_lib.PairTable.from_arrays(saved[k]) for k in saved]
+    return sorted(tables, key=lambda t: t.version)
 
 
 _LOGGED = ("loss", "contrastive_loss", "contrastive_accuracy", "speaker_loss", "speaker_accuracy",
@@ -135,9 +186,9 @@ def validate(config):
     """Fails before any work, naming the first bad field."""
     if config.objective not in tasks.OBJECTIVES:
         raise ValueError(f"config.objective={config.objective!r}: expected one of {tasks.OBJECTIVES}")
-    if tasks.uses_pairs(config.objective) and config.pairs.refresh_every:
-        raise ValueError("config.pairs.refresh_every: refreshing the pair table during training is "
-                         "not available yet; use 0 (pairs fixed from config.pairs.encoder)")
+    if not (isinstance(config.pairs.refresh_every, int) and config.pairs.refresh_every >= 0):
+        raise ValueError(f"config.pairs.refresh_every={config.pairs.refresh_every!r}: must be an "
+                         "integer >= 0 (0 = pairs fixed from config.pairs.encoder)")
     if config.model.preset not in ecapa.PRESETS:
         raise ValueError(f"config.model.preset={config.model.preset!r}: expected one of {sorted(ecapa.PRESETS)}")
     optim.make_schedule(config.optim, max(int(config.total_steps), 1))
@@ -196,11 +247,11 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     checkpoint.write_model_json(workdir, model_config)
     restored, meta, saved_pairs = ckpt.restore(state, with_pairs=tasks.uses_pairs(config.objective))
-    start_step, table = 0, None
+    start_step, tables = 0, None
     if restored is not None:
         state, start_step = restored, int(meta["step"])
         if saved_pairs is not None:
-            table = pairs_lib.PairTable.from_arrays(saved_pairs)
+            tables = _tables_from_arrays(saved_pairs)
         for path, reason in meta.get("skipped", {}).items():
             skip_log.add(path, reason)
         logging.info("resumed from %s at step %d", ckpt.directory, start_step)
@@ -210,21 +261,39 @@ def run(config, workdir, corpus=None, embedding_cache=None):
         ckpt.close()
         return {"step": start_step, "skipped": skip_log.as_dict(), "workdir": str(workdir)}
 
-    # --- Pair table (pair objectives): fixed from the pair encoder, or restored. ---
-    if tasks.uses_pairs(config.objective) and table is None:
-        table = build_pair_table(config, paths, labels, lengths, skip_log, embedding_cache)
-    if table is not None:
-        logging.info("pairs: table v%d, %d anchors, %d negatives each (fingerprint %s)",
-                     table.version, len(table), table.num_negatives, table.fingerprint()[:12])
+    # --- Pair tables (pair objectives): version 0 from the pair encoder, or those restored;
+    # with refresh_every = R > 0 the service rebuilds them from the encoder being trained. ---
+    service = None
+    refresh = int(config.pairs.refresh_every) if tasks.uses_pairs(config.objective) else 0
+    if tasks.uses_pairs(config.objective):
+        if tables is None:
+            tables = [build_pair_table(config, paths, labels, lengths, skip_log, embedding_cache)]
+        build_fn = refresh_builder(config, model_config, paths, labels, lengths, skip_log, mesh) if refresh else None
+        service = pairs_lib.PairService(build_fn, refresh_every=refresh, initial=tables[0])
+        for t in tables[1:]:
+            service.publish(t)
+        for t in tables:
+            logging.info("pairs: table v%d, %d anchors, %d negatives each (fingerprint %s)",
+                         t.version, len(t), t.num_negatives, t.fingerprint()[:12])
+        if refresh:
+            logging.info("pairs: rebuilt every %d steps from the encoder being trained, in the "
+                         "background; table v is used from step (v+1)·%d", refresh, refresh)
 
-    # --- Data and step. ---
+    # --- Data and step. A pair table is fixed within a segment of R steps (the whole run when
+    # tables are not refreshed); each segment reads its own tf.data pipeline. ---
     common = dict(crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
-                  process_index=jax.process_index(), seed=config.seed, start_step=start_step,
-                  num_steps=config.total_steps, skip_log=skip_log)
-    if table is None:
-        batches = pipeline.crop_batches(paths, labels, lengths, **common)
-    else:
-        batches = pipeline.pair_batches(paths, labels, lengths, table, **common)
+                  process_index=jax.process_index(), seed=config.seed, skip_log=skip_log)
+
+    def batches_from(step):
+        """(iterator, end step) of the segment starting at `step`."""
+        if service is None:
+            end = config.total_steps
+            return pipeline.crop_batches(paths, labels, lengths, start_step=step, num_steps=end, **common), end
+        end = min((step // refresh + 1) * refresh, config.total_steps) if refresh else config.total_steps
+        table = service.table_for_step(step)
+        return pipeline.pair_batches(paths, labels, lengths, table, start_step=step, num_steps=end,
+                                     **common), end
+
     step_fn = jit_train_step(config.objective, encoder, config.loss, mesh)
     writer = _Writer(workdir)
 
@@ -232,14 +301,17 @@ def run(config, workdir, corpus=None, embedding_cache=None):
         meta = {"step": step, "config": config.to_dict(), "skipped": skip_log.as_dict(),
                 "objective": config.objective}
         ckpt.save(step, state, json.loads(json.dumps(meta, default=str)),
-                  pairs=None if table is None else table.to_arrays())
+                  pairs=None if service is None else _tables_to_arrays(service.tables_for_checkpoint(step)))
 
     # --- Loop. An exception (a crash, Ctrl-C) still lets in-flight checkpoint saves finish. ---
     try:
         seen_nonfinite = int(jax.device_get(state.nonfinite))
         window_start, t_window = start_step, time.time()
         history, last, sec_per_step = [], {}, float("nan")
+        segment_end = start_step
         for step in range(start_step, config.total_steps):
+            if step == segment_end:
+                batches, segment_end = batches_from(step)
             batch = parallel.to_global(next(batches), mesh)
             if step == start_step:
                 logging.info("compiling the train step (first call)")
@@ -271,11 +343,17 @@ def run(config, workdir, corpus=None, embedding_cache=None):
                 writer.scalars(done, {f"train/{k}": v for k, v in last.items()})
                 history.append({"step": done, **last})
                 window_start, t_window = done, time.time()
+            if refresh and done % refresh == 0 and done < config.total_steps:
+                service.maybe_refresh(done, _encoder_snapshot(state))
             if done % config.checkpoint_every == 0 and done < config.total_steps:
                 save(done)
         save(config.total_steps)
     finally:
-        ckpt.close()
+        try:
+            if service is not None:
+                service.close()
+        finally:
+            ckpt.close()
     result = {"step": config.total_steps, "final": last, "history": history,
               "skipped": skip_log.as_dict(), "workdir": str(workdir)}
     if jax.process_index() == 0:

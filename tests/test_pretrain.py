@@ -92,3 +92,56 @@ def test_pair_objective_needs_an_encoder(tmp_path, synthetic_corpus_dir):
     cfg = _config("contrastive", synthetic_corpus_dir, "", 2)
     with pytest.raises(ValueError, match=r"config.pairs.encoder is empty"):
         train.run(cfg, tmp_path)
+
+
+def test_refreshed_pair_tables_resume_exactly(tmp_path, synthetic_corpus_dir, pair_encoder, monkeypatch):
+    """refresh_every=2: tables v1, v2, v3 are built from the encoder being trained at steps 2,
+    4, 6 and used from steps 4, 6, 8; a crash after step 5 resumes (checkpoint 3 holds v0 and
+    the v1 it needs) to the unbroken run's exact parameters."""
+    cfg = _config("contrastive", synthetic_corpus_dir, pair_encoder, 9)
+    cfg.unlock()
+    cfg.pairs.refresh_every = 2
+
+    used = []
+    real = train.pipeline.pair_batches
+
+    def recording(paths, labels, lengths, table, **kw):
+        used.append((kw["start_step"], kw["num_steps"], table.version, table.fingerprint()))
+        return real(paths, labels, lengths, table, **kw)
+
+    monkeypatch.setattr(train.pipeline, "pair_batches", recording)
+    train.run(cfg, tmp_path / "unbroken")
+    assert [(a, b, v) for a, b, v, _ in used] == [(0, 2, 0), (2, 4, 0), (4, 6, 1), (6, 8, 2), (8, 9, 3)]
+    fingerprints = {v: f for _, _, v, f in used}
+    assert len(set(fingerprints.values())) == 4, "each refresh re-clusters: a new table"
+
+    crashed_used, count = [], {"n": 0}
+
+    def crash_after_5_batches(paths, labels, lengths, table, **kw):
+        crashed_used.append((kw["start_step"], table.version, table.fingerprint()))
+        for b in real(paths, labels, lengths, table, **kw):
+            if count["n"] == 5:
+                raise KeyboardInterrupt("simulated crash")
+            count["n"] += 1
+            yield b
+
+    monkeypatch.setattr(train.pipeline, "pair_batches", crash_after_5_batches)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, tmp_path / "crashed")
+    assert (tmp_path / "crashed" / "checkpoints" / "3").is_dir()
+    mngr = ocp.CheckpointManager(tmp_path / "crashed" / "checkpoints")
+    saved = mngr.restore(3, args=ocp.args.Composite(pairs=ocp.args.StandardRestore())).pairs
+    mngr.close()
+    assert sorted(saved) == ["v0", "v1"], "checkpoint 3 keeps the table in use and the one built at step 2"
+
+    monkeypatch.setattr(train.pipeline, "pair_batches", recording)
+    used.clear()
+    train.run(cfg, tmp_path / "crashed")
+    # resumed at step 3 (checkpoint): v0 for step 3, then v1 (restored), v2 and v3 rebuilt
+    assert [(a, b, v) for a, b, v, _ in used] == [(3, 4, 0), (4, 6, 1), (6, 8, 2), (8, 9, 3)]
+    assert all(fingerprints[v] == f for _, _, v, f in used), "the same tables as the unbroken run"
+    step_a, a = _state(tmp_path / "unbroken")
+    step_b, b = _state(tmp_path / "crashed")
+    assert step_a == step_b == 9
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
