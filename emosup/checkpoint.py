@@ -40,32 +40,33 @@ class Checkpointer:
     def latest_step(self):
         return self.manager.latest_step()
 
-    def save(self, step, state, meta, pairs=None):
-        """Saves train state, the meta JSON and, when given, the pair tables' arrays (a dict)."""
+    def save(self, step, state, meta, extra=None):
+        """Saves train state, the meta JSON and `extra`: {item name: pytree of arrays} (e.g.
+        the pair tables, or fine-tuning's best variables so far)."""
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        if pairs is not None:
-            items["pairs"] = ocp.args.StandardSave(pairs)
+        for name, tree in (extra or {}).items():
+            if name in ("state", "meta"):
+                raise ValueError(f"checkpoint item name {name!r} is reserved")
+            items[name] = ocp.args.StandardSave(tree)
         self.manager.save(step, args=ocp.args.Composite(**items))
 
-    def restore(self, abstract_state, with_pairs=False):
-        """(state, meta, pairs) of the latest checkpoint, or (None, None, None) when there is none.
+    def restore(self, abstract_state, extra=()):
+        """(state, meta, extras) of the latest checkpoint, or (None, None, {}) when there is none.
 
         `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) or arrays;
-        `pairs` is the saved (nested) dict of numpy arrays (None unless `with_pairs` and the
-        checkpoint has them).
+        `extras` maps each name of `extra` that the checkpoint holds to its pytree of numpy arrays.
         """
         step = self.manager.latest_step()
         if step is None:
-            return None, None, None
+            return None, None, {}
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         items = dict(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-        if with_pairs:
-            items["pairs"] = ocp.args.StandardRestore()
+        present = [n for n in extra if (self.directory / str(step) / n).is_dir()]
+        for name in present:
+            items[name] = ocp.args.StandardRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        pairs = None
-        if with_pairs and restored.get("pairs") is not None:
-            pairs = jax.tree.map(np.asarray, dict(restored.pairs))
-        return restored.state, restored.meta, pairs
+        extras = {n: jax.tree.map(np.asarray, restored[n]) for n in present if restored.get(n) is not None}
+        return restored.state, restored.meta, extras
 
     def wait(self):
         self.manager.wait_until_finished()

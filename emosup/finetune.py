@@ -10,7 +10,10 @@ dev is the CSV's `dev` rows or, without them, a seeded `dev_fraction` of the poo
 Schedule: the encoder is frozen (running BatchNorm statistics, learning rate 0) for
 `freeze_steps`, then trained with `lr_encoder`; the head always learns with `lr_head`.
 Every `eval_every` steps dev is scored (macro-F1; mean CCC for a dimensional-only head)
-and the best variables are kept; the test split is scored once with them.
+and the best variables are kept; the test split is scored once with them. After every dev
+evaluation the state, the best variables and the history are checkpointed in
+`workdir/checkpoints`: rerunning a killed run's command resumes it and ends with the same
+results as an unbroken run.
 """
 import json
 import pathlib
@@ -204,36 +207,54 @@ def run(config, workdir, corpus=None):
     labels = np.array([classes.index(u.emotion) for u in train_rows], np.int32)
     lengths, _ = pipeline.scan_utterances(paths, skip_log)
     dims_all = _dims(train_rows, corpus.manifest_path) if n_dims else None
-    batches = pipeline.crop_batches(
-        paths, labels, lengths, crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
-        process_index=jax.process_index(), seed=config.seed, start_step=0, num_steps=config.total_steps,
-        skip_log=skip_log)
     sampler = pipeline.CropSampler(lengths, crop, config.batch_size, config.seed)
 
-    # --- Loop with dev selection. ---
+    # --- Resume: the last dev evaluation's checkpoint (state, best variables, history). ---
+    ckpt = checkpoint.Checkpointer(workdir, keep=2)
+    best, best_score, history, start_step = None, -np.inf, [], 0
+    restored, meta, extras = ckpt.restore(state, extra=("best",))
+    if restored is not None:
+        state, start_step, history = restored, int(meta["step"]), meta["history"]
+        best = extras["best"]
+        best_score = meta["best_score"] if meta["best_score"] is not None else -np.inf
+        for path, reason in meta.get("skipped", {}).items():
+            skip_log.add(path, reason)
+        logging.info("finetune: resumed from %s at step %d", ckpt.directory, start_step)
+    batches = pipeline.crop_batches(
+        paths, labels, lengths, crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
+        process_index=jax.process_index(), seed=config.seed, start_step=start_step,
+        num_steps=config.total_steps, skip_log=skip_log) if start_step < config.total_steps else iter(())
+
+    # --- Loop with dev selection; a checkpoint after every dev evaluation. ---
     eval_enc = Encoder(model_config=model_config, variables=None, name=model_config.get("source"))
-    best, best_score, history = None, -np.inf, []
     t0 = time.time()
-    for step in range(config.total_steps):
-        batch = next(batches)
-        if dims_all is not None:
-            first = jax.process_index() * local_batch
-            rows = [sampler(step, first + r)[0] for r in range(local_batch)]
-            batch["dims"] = dims_all[rows]
-        state, m = steps[step < freeze](state, parallel.to_global(batch, mesh))
-        done = step + 1
-        if done % config.eval_every == 0 or done == config.total_steps:
-            host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-            eval_enc.variables = {"params": host["params"]["encoder"], "batch_stats": host["batch_stats"]["encoder"]}
-            dev = evaluate(eval_enc, head, host["params"]["ser_head"], dev_rows, classes, target)
-            score = _selection_score(dev, target)
-            history.append({"step": done, "loss": float(m["loss"]), "dev": {k: v for k, v in dev.items()
-                                                                             if k not in ("probabilities", "confusion")}})
-            logging.info("finetune step %d/%d  loss %.4f  dev %s %.4f%s  (%.0fs)", done, config.total_steps,
-                         float(m["loss"]), "macro-F1" if target != "dimensional" else "CCC", score,
-                         "  *best*" if score > best_score else "", time.time() - t0)
-            if score > best_score:
-                best, best_score = host, score
+    try:
+        for step in range(start_step, config.total_steps):
+            batch = next(batches)
+            if dims_all is not None:
+                first = jax.process_index() * local_batch
+                rows = [sampler(step, first + r)[0] for r in range(local_batch)]
+                batch["dims"] = dims_all[rows]
+            state, m = steps[step < freeze](state, parallel.to_global(batch, mesh))
+            done = step + 1
+            if done % config.eval_every == 0 or done == config.total_steps:
+                host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+                eval_enc.variables = {"params": host["params"]["encoder"],
+                                      "batch_stats": host["batch_stats"]["encoder"]}
+                dev = evaluate(eval_enc, head, host["params"]["ser_head"], dev_rows, classes, target)
+                score = _selection_score(dev, target)
+                history.append({"step": done, "loss": float(m["loss"]), "dev": {
+                    k: v for k, v in dev.items() if k not in ("probabilities", "confusion")}})
+                logging.info("finetune step %d/%d  loss %.4f  dev %s %.4f%s  (%.0fs)", done, config.total_steps,
+                             float(m["loss"]), "macro-F1" if target != "dimensional" else "CCC", score,
+                             "  *best*" if score > best_score else "", time.time() - t0)
+                if score > best_score or best is None:
+                    best, best_score = host, score
+                meta = {"step": done, "history": history, "skipped": skip_log.as_dict(),
+                        "best_score": float(best_score) if np.isfinite(best_score) else None}
+                ckpt.save(done, state, json.loads(json.dumps(meta, default=float)), extra={"best": best})
+    finally:
+        ckpt.close()
 
     # --- Test with the dev-selected variables. ---
     eval_enc.variables = {"params": best["params"]["encoder"], "batch_stats": best["batch_stats"]["encoder"]}

@@ -246,7 +246,8 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     # --- Restore. ---
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     checkpoint.write_model_json(workdir, model_config)
-    restored, meta, saved_pairs = ckpt.restore(state, with_pairs=tasks.uses_pairs(config.objective))
+    restored, meta, extras = ckpt.restore(state, extra=("pairs",) if tasks.uses_pairs(config.objective) else ())
+    saved_pairs = extras.get("pairs")
     start_step, tables = 0, None
     if restored is not None:
         state, start_step = restored, int(meta["step"])
@@ -301,7 +302,8 @@ def run(config, workdir, corpus=None, embedding_cache=None):
         meta = {"step": step, "config": config.to_dict(), "skipped": skip_log.as_dict(),
                 "objective": config.objective}
         ckpt.save(step, state, json.loads(json.dumps(meta, default=str)),
-                  pairs=None if service is None else _tables_to_arrays(service.tables_for_checkpoint(step)))
+                  extra=None if service is None else {
+                      "pairs": _tables_to_arrays(service.tables_for_checkpoint(step))})
 
     # --- Loop. An exception (a crash, Ctrl-C) still lets in-flight checkpoint saves finish. ---
     try:

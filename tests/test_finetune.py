@@ -1,7 +1,13 @@
-"""Fine-tuning's row roles and bad labelled sets (no audio needed)."""
-import pytest
+"""Fine-tuning: row roles and bad labelled sets (no audio needed), then end to end on the tiny
+synthetic corpus: dimensional (CCC) targets, and a killed run resuming to the same result."""
+import json
 
-from emosup import config_lib, finetune
+import jax
+import numpy as np
+import pytest
+from helpers import REPO, load_config
+
+from emosup import checkpoint, config_lib, finetune
 from emosup.data.corpus import Corpus
 from emosup.data.manifest import Manifest, Utterance
 
@@ -54,3 +60,57 @@ def test_emotions_the_config_does_not_know():
         finetune._split_rows(_cfg(), c)
     with pytest.raises(ValueError, match=r"fine-tuning rows have emotions \['sad'\]"):
         finetune._split_rows(_cfg(classes=("happy",)), c)
+
+
+# ---------------------------------------------------------------- end to end on tiny audio
+FINETUNE = REPO / "configs" / "finetune.py"
+
+
+def _tiny(corpus_dir, target, steps=6):
+    c = load_config(FINETUNE, f"synthetic_dir={corpus_dir},steps={steps},batch_size=8,"
+                              f"labels_per_class=2,target={target}")
+    c.unlock()
+    c.data.synthetic.update(speakers_unlabelled=6, speakers_labelled=2, speakers_test=3,
+                            utterances_per_speaker_emotion=4, max_duration=2.0)
+    c.data.crop_seconds, c.eval_every, c.ser.freeze_steps, c.ser.dev_fraction = 1.0, 2, 2, 0.5
+    return c
+
+
+def test_dimensional_finetuning_reports_ccc(tmp_path, synthetic_corpus_dir):
+    result = finetune.run(_tiny(synthetic_corpus_dir, "both", steps=4), tmp_path)
+    test = result["test"]
+    for d in ("arousal", "valence", "dominance"):
+        assert -1.0 <= test[f"ccc_{d}"] <= 1.0
+    assert test["ccc_mean"] == pytest.approx(np.mean([test[f"ccc_{d}"] for d in finetune.DIMENSIONS]))
+    assert 0.0 <= test["macro_f1"] <= 1.0 and len(test["confusion"]) == len(result["classes"])
+    model = json.loads((tmp_path / "model.json").read_text())
+    assert model["ser"]["dimensions"] == ["arousal", "valence", "dominance"]
+    assert model["ser"]["classes"] == result["classes"]
+
+
+def test_killed_finetuning_resumes_to_the_same_result(tmp_path, synthetic_corpus_dir, monkeypatch):
+    cfg = _tiny(synthetic_corpus_dir, "dimensional")
+    unbroken = finetune.run(cfg, tmp_path / "unbroken")
+
+    real = finetune.pipeline.crop_batches
+
+    def crash_after_3(*a, **k):
+        it = real(*a, **k)
+        for _ in range(3):  # steps 1-3 run, the dev evaluation at step 2 is checkpointed
+            yield next(it)
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(finetune.pipeline, "crop_batches", crash_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run(cfg, tmp_path / "crashed")
+    assert (tmp_path / "crashed" / "checkpoints" / "2").is_dir()
+    assert not (tmp_path / "crashed" / "results.json").exists()
+    monkeypatch.setattr(finetune.pipeline, "crop_batches", real)
+    resumed = finetune.run(cfg, tmp_path / "crashed")
+    assert [h["step"] for h in resumed["history"]] == [2, 4, 6]
+    assert resumed["history"] == unbroken["history"]
+    assert resumed["test"] == unbroken["test"] and resumed["best_step"] == unbroken["best_step"]
+    _, a = checkpoint.load_encoder_variables(tmp_path / "unbroken")
+    _, b = checkpoint.load_encoder_variables(tmp_path / "crashed")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
