@@ -6,8 +6,8 @@
 Arguments (after the colon, comma-separated): manifest (CSV; default: synthetic corpus),
 synthetic_dir (cache folder of the synthetic corpus; default ~/.cache/emosup/...),
 preset (tiny | c512 | c1024), steps (default 400), batch_size (default 32), k (0 = number of emotions), tiny (1 = the
-few-second variant the tests run), arms (0 = stop after the study), seeds (default 3),
-labels_per_class (default 8).
+few-second variant the tests run), arms (`all`, default; `0` = stop after the study; or
+names joined by `+`, e.g. `scratch+multitask`), seeds (default 3), labels_per_class (default 8).
 """
 import hashlib
 import json
@@ -18,9 +18,25 @@ import ml_collections
 from emosup import config_lib
 
 
+ALL_ARMS = ("scratch", "speaker", "contrastive", "multitask", "adversarial")
+
+
+def _arm_names(arg):
+    arg = str(arg).strip().lower()
+    if arg in ("all", "1", "true", "yes"):
+        return ALL_ARMS
+    if arg in ("0", "none", "false", "no", ""):
+        return ()
+    names = tuple(a.strip() for a in arg.split("+"))
+    unknown = [a for a in names if a not in ALL_ARMS]
+    if unknown:
+        raise ValueError(f"config argument arms={arg!r}: unknown arms {unknown}; known: {list(ALL_ARMS)}")
+    return names
+
+
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, manifest="", synthetic_dir="", preset="tiny", steps=0,
-                             batch_size=0, k=0, tiny=False, arms=True, seeds=3, labels_per_class=8)
+                             batch_size=0, k=0, tiny=False, arms="all", seeds=3, labels_per_class=8)
     steps = a.steps or (6 if a.tiny else 400)
     batch_size = a.batch_size or (8 if a.tiny else 32)
     c = config_lib.speaker_config(manifest=a.manifest, synthetic_dir=a.synthetic_dir,
@@ -40,7 +56,7 @@ def get_config(arg=None):
     c.study = ml_collections.ConfigDict(dict(k=a.k, seed=0))
     # The comparison: every arm pretrains with the same budget, then fine-tunes on few labels.
     c.arms = ml_collections.ConfigDict(dict(
-        names=("scratch", "speaker", "contrastive", "multitask", "adversarial") if a.arms else (),
+        names=_arm_names(a.arms),
         seeds=tuple(range(a.seeds)),
         pretrain_steps=4 if a.tiny else 120,
         pretrain_batch_size=8,         # anchors per step (each with a positive and K negatives)

@@ -88,11 +88,26 @@ def test_demo_tiny_on_a_csv_corpus_of_foreign_wavs(tmp_path):
                 sf.write(tmp_path / rel, x.astype(np.float32), sr)
                 rows.append(f"{rel},spk{s},{emo},{split}")
     (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
-    cfg = load_config(DEMO, f"tiny=1,arms=0,manifest={tmp_path / 'mine.csv'}")
+    cfg = load_config(DEMO, f"tiny=1,arms=scratch+multitask,seeds=2,manifest={tmp_path / 'mine.csv'}")
     experiment.run(cfg, tmp_path / "run")
     study = _check_study(tmp_path / "run" / "study.json", speakers=2, utterances=16)
     assert study["k"] == 2 and study["corpus"] == "mine"
     assert set(study["other_splits"]) == {"train"}
+
+    # The comparison on the CSV: pretraining on `train` rows, fine-tuning on a labelled subset
+    # of them (dev = held-out train speakers), scored on the unseen `test` speakers.
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["corpus"] == "mine" and results["seeds"] == [0, 1]
+    assert list(results["arms"]) == ["scratch", "multitask"] and results["classes"] == ["calm", "excited"]
+    for arm in ("scratch", "multitask"):
+        assert len(results["arms"][arm]["macro_f1"]["runs"]) == 2
+        for seed in (0, 1):
+            ft = json.loads((tmp_path / "run" / "finetune" / arm / f"seed{seed}" / "results.json").read_text())
+            # 4 train speakers: 1 held out for dev (dev_fraction 0.25), 3 × 4 per class → 8 taken
+            assert ft["train_utterances"] == 16 and ft["dev_utterances"] == 8
+            assert np.sum(ft["test"]["confusion"]) == 16  # the two test speakers' utterances
+    pretrained = json.loads((tmp_path / "run" / "pretrain" / "multitask" / "seed0" / "model.json").read_text())
+    assert pretrained["speakers"] == ["spk0", "spk1", "spk2", "spk3"]  # train rows only
 
     # The study CLI with the trained encoder, on the training speakers this time, k=3.
     out = tmp_path / "cli"
