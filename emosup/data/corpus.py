@@ -8,8 +8,11 @@
 speakers; SER fine-tuning draws its few labels from `finetune_split` (for a CSV the same
 `train` rows, with labels).
 """
+import collections
 import dataclasses
 import pathlib
+
+from absl import logging
 
 from emosup.data import manifest as manifest_lib
 
@@ -28,7 +31,15 @@ class Corpus:
 def open_corpus(data_cfg, workdir=None):
     if data_cfg.manifest:
         path = pathlib.Path(data_cfg.manifest).expanduser().absolute()
-        m = manifest_lib.read_manifest(path)
+        # Any split name is accepted (MSP-Podcast manifests also carry test2/test3, which no
+        # stage reads); the counts are logged so that a misspelt split is visible.
+        m = manifest_lib.read_manifest(path, allowed_splits=None)
+        counts = collections.Counter(u.split for u in m)
+        logging.info("manifest %s: %s", path, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        if "train" not in counts:
+            raise manifest_lib.ManifestError(
+                f"{path}: no `train` rows (splits found: {sorted(counts)}); pretraining and "
+                "fine-tuning read the `train` split")
         return Corpus(name=data_cfg.get("name") or path.stem, manifest=m, manifest_path=str(path),
                       train_split="train", study_split="test", splits=("train", "dev", "test"))
     from emosup.data.corpora import synthetic
