@@ -119,7 +119,7 @@ def load_encoder_variables(directory):
     if (directory / "variables").is_dir():
         variables = ocp.StandardCheckpointer().restore(directory / "variables")
         params, stats = variables["params"], variables.get("batch_stats", {})
-        if "encoder" in params:  # a fine-tuned model: encoder + heads
+        if "ser_head" in params:  # a fine-tuned model: encoder + heads (wav2vec2 has its own `encoder`)
             params, stats = params["encoder"], stats.get("encoder", {})
         return model_config, {"params": params, "batch_stats": stats}
     ckpt_dir = directory / "checkpoints"
