@@ -17,7 +17,7 @@ from absl import logging
 from emosup import finetune, metrics, tasks, train
 
 ARMS = ("scratch",) + tasks.OBJECTIVES
-METRICS = ("macro_f1", "uar", "accuracy")
+METRICS = ("macro_f1", "uar", "accuracy", "ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean")
 
 
 def _pretrain_config(config, arm, seed, pair_encoder):
@@ -50,11 +50,43 @@ def _summary(values):
             "runs": [float(x) for x in v]}
 
 
+def _metrics_of(results):
+    first = next(iter(results["arms"].values()))
+    return [m for m in METRICS if m in first]
+
+
 def format_table(results):
-    lines = [f"| arm | {' | '.join(m for m in METRICS)} |", "|---|" + "---:|" * len(METRICS)]
+    ms = _metrics_of(results)
+    lines = [f"| arm | {' | '.join(ms)} |", "|---|" + "---:|" * len(ms)]
     for arm, r in results["arms"].items():
-        lines.append(f"| {arm} | " + " | ".join(f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" for m in METRICS) + " |")
+        lines.append(f"| {arm} | " + " | ".join(f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" for m in ms) + " |")
     return "\n".join(lines)
+
+
+def write(results, workdir):
+    """DIR/results.json and DIR/results.md."""
+    workdir = pathlib.Path(workdir)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    folds = f" averaged over folds {results['folds']};" if results.get("folds") else ""
+    md = [f"# SER comparison — {results['corpus']}", "",
+          f"Test speakers unseen in fine-tuning; {results['labels_per_class']} labels per class;{folds} "
+          f"mean ± std over seeds {results['seeds']}.", "", format_table(results), ""]
+    (workdir / "results.md").write_text("\n".join(md))
+
+
+def combine_folds(fold_results, fold_names):
+    """Cross-validation: each seed's metric averaged over the folds, then mean ± std over seeds."""
+    first = fold_results[0]
+    combined = {k: v for k, v in first.items() if k != "arms"}
+    combined["folds"] = list(fold_names)
+    combined["per_fold"] = {f: r["arms"] for f, r in zip(fold_names, fold_results)}
+    combined["arms"] = {}
+    for arm in first["arms"]:
+        combined["arms"][arm] = {}
+        for m in _metrics_of(first):
+            by_seed = np.mean([r["arms"][arm][m]["runs"] for r in fold_results], axis=0)
+            combined["arms"][arm][m] = _summary(by_seed)
+    return combined
 
 
 def run(config, workdir, corpus, speaker_dir):
@@ -78,15 +110,15 @@ def run(config, workdir, corpus, speaker_dir):
                                corpus=corpus)
             runs[arm].append(res)
     first = runs[arms[0]][0]
+    metric_names = [m for m in METRICS if m in first["test"]]
     results = {"corpus": corpus.name, "seeds": list(config.arms.seeds),
                "labels_per_class": config.finetune.ser.labels_per_class, "classes": first["classes"],
-               "pretrain_steps": config.arms.pretrain_steps, "finetune_steps": config.finetune.total_steps,
-               "arms": {a: {m: _summary([r["test"][m] for r in runs[a]]) for m in METRICS} for a in arms}}
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    md = [f"# SER comparison — {corpus.name}", "",
-          f"Test speakers unseen in fine-tuning; {config.finetune.ser.labels_per_class} labels per class; "
-          f"mean ± std over seeds {list(config.arms.seeds)}.", "", format_table(results), ""]
-    (workdir / "results.md").write_text("\n".join(md))
+               "target": first["target"], "pretrain_steps": config.arms.pretrain_steps,
+               "finetune_steps": config.finetune.total_steps,
+               "arms": {a: {m: _summary([r["test"][m] for r in runs[a]]) for m in metric_names} for a in arms}}
+    write(results, workdir)
+    if "confusion" not in first["test"]:
+        return results
     for a in arms:
         cm = sum(np.array(r["test"]["confusion"]) for r in runs[a])
         metrics.plot_confusion_matrix(cm, first["classes"], workdir / f"confusion_{a}.png",

@@ -3,6 +3,10 @@
 `--config=configs/demo.py:manifest=/data/my.csv,steps=200` passes "manifest=...,steps=200" to
 `get_config`; `parse_arg` turns it into a dict and rejects keys the config does not know.
 """
+import hashlib
+import json
+import os
+
 import ml_collections
 
 
@@ -53,7 +57,10 @@ def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, bat
     c.seed = 0
     c.objective = objective
     c.data = ml_collections.ConfigDict(dict(
-        manifest=manifest,            # CSV manifest; empty → the built-in synthetic corpus
+        manifest=manifest,            # CSV manifest; empty → `corpus` or the synthetic corpus
+        corpus="",                    # a reader of emosup.prepare (iemocap, msp_podcast, ...) ...
+        root="",                      # ... reading this downloaded folder
+        options={},                   # ... with these reader options (e.g. test_session=3)
         name="",                      # corpus name in results (default: the CSV's stem)
         synthetic_dir=synthetic_dir,  # where the synthetic corpus is generated (cached)
         synthetic=synthetic_defaults(),
@@ -118,3 +125,132 @@ def finetune_config(manifest="", synthetic_dir="", init="", preset="tiny", steps
     c.total_steps = steps
     c.eval_every = max(steps // 4, 1)
     return c
+
+
+ALL_ARMS = ("scratch", "speaker", "contrastive", "multitask", "adversarial")
+
+
+def arm_names(arg):
+    """`all` | `0` | names joined by `+` → the tuple of arms to run."""
+    arg = str(arg).strip().lower()
+    if arg in ("all", "1", "true", "yes"):
+        return ALL_ARMS
+    if arg in ("0", "none", "false", "no", ""):
+        return ()
+    names = tuple(a.strip() for a in arg.split("+"))
+    unknown = [a for a in names if a not in ALL_ARMS]
+    if unknown:
+        raise ValueError(f"config argument arms={arg!r}: unknown arms {unknown}; known: {list(ALL_ARMS)}")
+    return names
+
+
+def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, batch_size=0, k=0, tiny=False,
+                      arms="all", seeds=3, labels_per_class=8):
+    """The main job (emosup.experiment): speaker encoder → study → arms × seeds comparison.
+
+    `tiny` is the few-second variant the tests run; otherwise sized for a 2-core laptop on
+    the synthetic corpus (the corpus configs raise the budgets for real data).
+    """
+    steps = steps or (6 if tiny else 400)
+    batch_size = batch_size or (8 if tiny else 32)
+    c = speaker_config(manifest=manifest, synthetic_dir=synthetic_dir, preset=preset, steps=steps,
+                       batch_size=batch_size)
+    if tiny:  # seconds, for the end-to-end test: a handful of speakers and steps
+        c.data.synthetic.update(speakers_unlabelled=6, speakers_labelled=2, speakers_test=3,
+                                utterances_per_speaker_emotion=4, max_duration=2.0)
+        c.data.crop_seconds = 1.0
+        c.log_every, c.checkpoint_every = 2, 4
+        c.optim.warmup_steps = 1
+    if not c.data.manifest and not c.data.synthetic_dir:
+        # The generated corpus is cached by its settings, so reruns and other workdirs reuse it.
+        key = hashlib.sha1(json.dumps(c.data.synthetic.to_dict(), sort_keys=True, default=list)
+                           .encode()).hexdigest()[:10]
+        cache = os.environ.get("EMOSUP_CACHE", os.path.expanduser("~/.cache/emosup"))
+        c.data.synthetic_dir = os.path.join(cache, f"synthetic-{key}")
+    c.study = ml_collections.ConfigDict(dict(k=k, seed=0))
+    # The comparison: every arm pretrains with the same budget, then fine-tunes on few labels.
+    c.arms = ml_collections.ConfigDict(dict(
+        names=arm_names(arms),
+        seeds=tuple(range(seeds)),
+        pretrain_steps=4 if tiny else 120,
+        pretrain_batch_size=8,         # anchors per step (each with a positive and K negatives)
+        speaker_batch_size=8 if tiny else 32,
+        pretrain_crop_seconds=1.0,
+    ))
+    c.pairs.k = 2 if tiny else 0    # 0 = k per speaker by silhouette
+    c.pairs.num_negatives = 2 if tiny else 4
+    c.finetune = finetune_config(steps=6 if tiny else 200, batch_size=8 if tiny else 16,
+                                 labels_per_class=labels_per_class)
+    c.finetune.data.crop_seconds = 1.0 if tiny else 2.0
+    # Cross-validation folds (corpus configs): the comparison runs once per value of the
+    # reader option `protocol.fold_option` in `protocol.folds`; () = the corpus's own splits.
+    c.protocol = ml_collections.ConfigDict(dict(fold_option="", folds=()))
+    # Speaker verification (VoxCeleb): a trial list scored with the speaker encoder (EER).
+    c.verification = ml_collections.ConfigDict(dict(trials=""))
+    return c
+
+
+def corpus_config(corpus, arg, *, classes, target="categorical", options=None, extra_args=None,
+                  fold_option="", folds=(), trials_option="", arms="all"):
+    """A downloaded corpus with its standard protocol, for every stage (configs/<corpus>.py).
+
+    `arg` keys: root (the downloaded folder, required), stage (experiment | speaker | pretrain
+    | finetune), objective + pairs_encoder (stage pretrain), init (stage finetune), preset,
+    steps (speaker training), arms, seeds, labels_per_class (0 = all: the standard protocol),
+    folds (`all` or fold values joined by `+`), tiny (the seconds-long variant for fake
+    copies), and the corpus's own `extra_args` (reader options, by their defaults' types).
+    `classes` may be a function of the parsed arguments.
+    """
+    extra_args = dict(extra_args or {})
+    a = parse_arg(arg, root="", stage="experiment", objective="contrastive", pairs_encoder="", init="",
+                  preset="c512", steps=0, batch_size=0, arms=arms, seeds=3, labels_per_class=0,
+                  folds="all", tiny=False, **extra_args)
+    if not a.root:
+        raise ValueError(f"configs/{corpus}.py needs root=<the downloaded {corpus} folder>, e.g. "
+                         f"--config=configs/{corpus}.py:root=/data/{corpus}")
+    tiny = bool(a.tiny)
+    c = experiment_config(preset="tiny" if tiny else a.preset, steps=a.steps or (6 if tiny else 6000),
+                          batch_size=a.batch_size or (8 if tiny else 64), tiny=tiny, arms=a.arms,
+                          seeds=a.seeds, labels_per_class=a.labels_per_class)
+    c.data.corpus, c.data.root = corpus, a.root
+    opts = dict(options or {})
+    for key in extra_args:
+        if key != trials_option:
+            opts[key] = a[key]
+    c.data.options = ml_collections.ConfigDict(opts)
+    if trials_option and a[trials_option]:
+        c.data.options[trials_option] = a[trials_option]  # trial speakers leave training
+        c.verification.trials = a[trials_option]
+    if not tiny:  # real data: budgets of a GPU box (our choice; see README "Corpora")
+        c.log_every, c.checkpoint_every = 100, 1000
+        c.arms.update(pretrain_steps=3000, pretrain_batch_size=32, speaker_batch_size=64,
+                      pretrain_crop_seconds=2.0)
+        c.finetune = finetune_config(steps=3000, batch_size=32, labels_per_class=a.labels_per_class)
+        c.finetune.data.crop_seconds = 3.0
+    c.finetune.model.preset = c.model.preset
+    c.finetune.ser.classes = tuple(classes(a) if callable(classes) else classes)
+    c.finetune.ser.target = target
+    c.protocol.fold_option = fold_option
+    if folds:
+        chosen = tuple(folds) if str(a.folds).lower() == "all" else tuple(
+            type(folds[0])(f) for f in str(a.folds).split("+"))
+        unknown = [f for f in chosen if f not in folds]
+        if unknown:
+            raise ValueError(f"config argument folds={a.folds!r}: unknown folds {unknown}; known {list(folds)}")
+        c.protocol.folds = chosen
+    if a.stage == "experiment":
+        return c
+    if a.stage == "speaker":
+        return c
+    if a.stage == "pretrain":
+        c.objective, c.pairs.encoder = a.objective, a.pairs_encoder
+        c.total_steps, c.batch_size = c.arms.pretrain_steps, c.arms.pretrain_batch_size
+        return c
+    if a.stage == "finetune":
+        f = c.finetune
+        f.init = a.init
+        crop = f.data.crop_seconds
+        f.data = c.data
+        f.data.crop_seconds = crop
+        return f
+    raise ValueError(f"config argument stage={a.stage!r}: expected experiment, speaker, pretrain or finetune")

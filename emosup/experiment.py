@@ -9,7 +9,13 @@
 4. the comparison (emosup.comparison): pretraining arms × seeds, each fine-tuned for SER on
    few labels and tested on unseen speakers (DIR/results.json, DIR/results.md); its table
    is printed. `config.arms.names = ()` stops after the study.
+
+Corpus configs (configs/iemocap.py, ...) add a protocol: `config.protocol.folds` runs all of
+this once per fold (DIR/fold<k>; e.g. IEMOCAP's leave-one-session-out) and writes the fold
+average to DIR/results.json; `config.verification.trials` scores the speaker encoder on a
+trial list (EER, DIR/verification.json). A corpus without emotion labels stops after that.
 """
+import copy
 import os
 import pathlib
 
@@ -22,17 +28,60 @@ from emosup import logs
 
 
 def run(config, workdir):
+    """The whole job; with `config.protocol.folds`, once per fold, then averaged over folds."""
+    workdir = pathlib.Path(workdir).absolute()
+    if not config.protocol.folds:
+        return _run_one(config, workdir)
+    from emosup import comparison
+
+    option = config.protocol.fold_option
+    if not option:
+        raise ValueError("config.protocol.folds is set but config.protocol.fold_option is empty")
+    per_fold = {}
+    for fold in config.protocol.folds:
+        c = copy.deepcopy(config)
+        c.unlock()
+        c.data.options[option] = fold
+        c.protocol.folds = ()
+        c.lock()
+        print(f"\n=== fold {fold} ({option}={fold}) ===")
+        per_fold[str(fold)] = _run_one(c, workdir / f"fold{fold}")
+    results = [r[1] for r in per_fold.values() if isinstance(r, tuple)]
+    if not results:
+        return per_fold
+    combined = comparison.combine_folds(results, list(per_fold))
+    comparison.write(combined, workdir)
+    print(f"\nSER comparison — {combined['corpus']}: averaged over folds {combined['folds']} "
+          f"({option}), mean ± std over seeds {combined['seeds']}")
+    print(comparison.format_table(combined))
+    print(f"\nwrote {workdir / 'results.json'}")
+    return per_fold, combined
+
+
+def _run_one(config, workdir):
     # Imported here, not at the top: the synthetic corpus's worker processes re-import this
     # module as their __main__, and should not pay for JAX and TensorFlow.
     from emosup import comparison, study, study_report, train
     from emosup.data import corpus as corpus_lib
 
-    workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = corpus_lib.open_corpus(config.data, workdir)
     logging.info("experiment: corpus %s (%s), %d utterances", corpus.name, corpus.manifest_path,
                  len(corpus.manifest))
     train.run(config, workdir / "speaker", corpus=corpus)
+    result = None
+    if config.verification.trials:
+        from emosup import verify
+
+        v = verify.run(workdir / "speaker", config.verification.trials, config.data.root,
+                       out=workdir / "verification.json")
+        print(f"\nSpeaker verification — {pathlib.Path(config.verification.trials).name}: "
+              f"EER {100 * v['eer']:.2f}% over {v['trials']} trials")
+        result = v
+    if not study.study_rows(corpus.manifest, corpus.study_split)[0]:
+        logging.info("experiment: split %r has no emotion labels; no study and no SER comparison",
+                     corpus.study_split)
+        return result
     result = study.run(workdir / "speaker", corpus.manifest, workdir, split=corpus.study_split,
                        k=config.study.k or None, seed=config.study.seed, corpus=corpus.name)
     print(f"\nClustering study — {corpus.name}, split {corpus.study_split!r} (speakers unseen in training)")

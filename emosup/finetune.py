@@ -3,7 +3,8 @@
   python -m emosup.train --config=configs/finetune.py:init=runs/mt --workdir=runs/ft
 
 Roles of the rows (emosup.data.corpus): the labelled pool (`labelled` split of the synthetic
-corpus, `train` rows of a CSV) gives `labels_per_class` utterances per class for training;
+corpus, `train` rows of a CSV) gives `labels_per_class` utterances per class for training
+(0 = all of them, the corpora's standard protocols);
 dev is the CSV's `dev` rows or, without them, a seeded `dev_fraction` of the pool's speakers
 (never the ones trained on); the test rows' speakers are unseen in fine-tuning.
 
@@ -74,10 +75,11 @@ def _split_rows(config, corpus):
         rows = [u for u in pool if u.emotion == c]
         if not rows:
             raise ValueError(f"{corpus.manifest_path}: the labelled set has no utterance of class {c!r}")
-        if len(rows) < config.ser.labels_per_class:
+        per_class = int(config.ser.labels_per_class) or len(rows)  # 0 = every labelled row
+        if len(rows) < per_class:
             logging.warning("finetune: class %r has %d labelled utterances (< labels_per_class=%d); using all",
-                            c, len(rows), config.ser.labels_per_class)
-        take = rng.permutation(len(rows))[:config.ser.labels_per_class]
+                            c, len(rows), per_class)
+        take = rng.permutation(len(rows))[:per_class]
         train_rows += [rows[i] for i in sorted(take)]
     return train_rows, dev, test, classes
 

@@ -24,9 +24,11 @@ from emosup.embed import Encoder, embed_paths
 
 
 def study_rows(manifest, split):
-    """Rows of `split` with an emotion label; (rows, number without a label)."""
+    """Rows of `split` with an emotion label and a known speaker; (rows, number left out)."""
+    from emosup.data.corpus import speaker_known
+
     rows = [u for u in manifest.select(split=split)]
-    labelled = [u for u in rows if u.emotion]
+    labelled = [u for u in rows if u.emotion and speaker_known(u)]
     return labelled, len(rows) - len(labelled)
 
 

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from emosup import audio, checkpoint, logs, optim, parallel, tasks
 from emosup.data import corpus as corpus_lib
+from emosup.data import manifest as manifest_lib
 from emosup.data import pairs as pairs_lib
 from emosup.data import pipeline
 from emosup.models import ecapa
@@ -214,6 +215,11 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     train_rows = corpus.manifest.select(split=corpus.train_split)
     if len(train_rows) == 0:
         raise ValueError(f"{corpus.manifest_path}: no rows in split {corpus.train_split!r}")
+    unknown = [u for u in train_rows if not corpus_lib.speaker_known(u)]
+    if unknown:  # stand-in speakers (MSP-Podcast `Unknown`) would be false speaker labels
+        train_rows = manifest_lib.Manifest([u for u in train_rows if corpus_lib.speaker_known(u)],
+                                           train_rows.source)
+        logging.info("corpus %s: %d rows of unknown speakers left out of training", corpus.name, len(unknown))
     speakers = train_rows.speakers()
     if tasks.uses_speakers(config.objective) and len(speakers) < 2:
         raise ValueError(f"{corpus.manifest_path}: speaker training needs ≥ 2 speakers in split "
