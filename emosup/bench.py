@@ -1,13 +1,18 @@
 """Speed, side by side with the references, in one process on one machine.
 
-  python -m emosup.bench [--presets=tiny,c512,c1024] [--out=bench.json] [--quick]
+  python -m emosup.bench [--presets=tiny,c512,c1024] [--out=bench.json] [--quick] [--only=w2v2]
 
 Rows (each: emosup time, reference time, ratio = reference / emosup, > 1 means emosup is faster):
 * ECAPA train step (Fbank + mean norm + ECAPA + AAM-softmax + Adam update), Flax/jit vs
   SpeechBrain's PyTorch ECAPA_TDNN with the same loss and optimiser, on the same batch;
 * Fbank: JAX (jit) vs SpeechBrain `Fbank(n_mels=80)` vs librosa;
 * per-speaker k-means: batched JAX Lloyd vs a scikit-learn `KMeans` loop over speakers, from
-  the same initial centres.
+  the same initial centres;
+* wav2vec 2.0 forward, and forward + backward of loss = mean(last_hidden_state): Flax/jit vs
+  HF `Wav2Vec2Model` (PyTorch) with the same random weights and input, dropout off on both
+  sides (Flax train=False, torch eval mode; gradients are enabled for the backward), for a
+  tiny config and the wav2vec2-base shapes (12 layers x 768), float32.
+`--only=fbank,kmeans,ecapa,w2v2` runs just those groups of rows (default: all).
 Times are medians over repeated calls after warm-up (compile time is reported apart).
 PyTorch, SpeechBrain and librosa are the test extras; rows whose reference is missing say so.
 """
@@ -172,6 +177,63 @@ def bench_fbank(batch, seconds, repeats):
     return rows
 
 
+# ----------------------------------------------------------------------------- wav2vec2
+# A tiny config with the real conv stack (receptive field 400, hop 320) and a small encoder.
+W2V2_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                 conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+
+
+def bench_wav2vec2(repeats):
+    """Forward and forward+backward rows for [tiny] B=2 x 1 s and [base] B=2 x 4 s."""
+    from emosup.convert.hf_wav2vec2 import convert_state
+    from emosup.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+
+    try:
+        import torch
+        import transformers
+    except ImportError as e:  # the HF model also supplies the weights: no reference, no row
+        print(f"wav2vec2 rows skipped: {e.name} not installed", flush=True)
+        return []
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    for name, kwargs, batch, seconds in (("tiny", W2V2_TINY, 2, 1.0), ("base", {}, 2, 4.0)):
+        torch.manual_seed(0)
+        hf = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**kwargs)).eval()  # HF init
+        state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+        cfg = Wav2Vec2Config.from_hf_dict(hf.config.to_dict())
+        params = jax.device_put(convert_state(state, cfg)["params"])
+        model = Wav2Vec2Model(cfg)
+        wavs = _speechlike(batch, int(seconds * audio.SAMPLE_RATE))
+        x, xt = jnp.asarray(wavs), torch.from_numpy(wavs)
+
+        def loss(p):
+            return jnp.mean(model.apply({"params": p}, x).last_hidden_state)
+
+        fwd = jax.jit(lambda p: model.apply({"params": p}, x).last_hidden_state)
+        bwd = jax.jit(jax.value_and_grad(loss))
+
+        def torch_fwd():
+            with torch.no_grad():
+                hf(xt)
+
+        def torch_bwd():
+            hf.zero_grad(set_to_none=True)
+            hf(xt).last_hidden_state.mean().backward()
+
+        for what, jax_fn, torch_fn in (("forward", fwd, torch_fwd), ("forward+backward", bwd, torch_bwd)):
+            t = time.perf_counter()
+            jax.block_until_ready(jax_fn(params))
+            compile_s = time.perf_counter() - t
+            row = {"name": f"wav2vec2 {what} [{name}] B={batch} {seconds:g}s",
+                   "emosup_s": _median_time(lambda: jax.block_until_ready(jax_fn(params)), repeats),
+                   "compile_s": compile_s,
+                   "reference": f"HF Wav2Vec2Model {transformers.__version__} (PyTorch)",
+                   "reference_s": _median_time(torch_fn, repeats)}
+            rows.append(row)
+            _print_row(row)
+    return rows
+
+
 # ----------------------------------------------------------------------------- k-means
 def bench_kmeans(n_speakers, per_speaker, dim, k, repeats):
     from sklearn.cluster import KMeans
@@ -212,17 +274,29 @@ def _print_row(row):
           f"{'' if ratio is None else f'{ratio:5.2f}x'}", flush=True)
 
 
+GROUPS = ("fbank", "kmeans", "ecapa", "w2v2")  # --only's names, in the order rows are run
+
+
 def main(argv):
     del argv
     quick = FLAGS.quick
     presets = [p for p in FLAGS.presets.split(",") if p]
     print(f"emosup bench — {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}")
+    groups = [g for g in FLAGS.only.split(",") if g] or list(GROUPS)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise app.UsageError(f"--only: unknown group(s) {unknown}; known: {','.join(GROUPS)}")
     rows = []
-    rows += bench_fbank(batch=8, seconds=3.0, repeats=5 if quick else 20)
-    rows += bench_kmeans(n_speakers=200 if quick else 1000, per_speaker=40, dim=192, k=4,
-                         repeats=2 if quick else 3)
-    rows += bench_ecapa(presets, batch=FLAGS.batch, seconds=FLAGS.seconds, repeats=2 if quick else 5)
+    if "fbank" in groups:
+        rows += bench_fbank(batch=8, seconds=3.0, repeats=5 if quick else 20)
+    if "kmeans" in groups:
+        rows += bench_kmeans(n_speakers=200 if quick else 1000, per_speaker=40, dim=192, k=4,
+                             repeats=2 if quick else 3)
+    if "ecapa" in groups:
+        rows += bench_ecapa(presets, batch=FLAGS.batch, seconds=FLAGS.seconds, repeats=2 if quick else 5)
+    if "w2v2" in groups:
+        rows += bench_wav2vec2(repeats=2 if quick else 3)
     meets = [r for r in rows if r.get("ratio") and r["ratio"] > 1.0]
     print(f"\n{len(meets)}/{len(rows)} rows: emosup faster than the reference")
     with open(FLAGS.out, "w") as f:
@@ -240,4 +314,6 @@ if __name__ == "__main__":
     flags.DEFINE_float("seconds", 2.0, "ECAPA crop length in seconds")
     flags.DEFINE_string("out", "bench.json", "where the table goes as JSON")
     flags.DEFINE_bool("quick", False, "fewer repeats and a smaller k-means problem")
+    flags.DEFINE_string("only", "", "comma-separated row groups to run: fbank,kmeans,ecapa,w2v2 "
+                        "(default: all)")
     app.run(main)

@@ -1,6 +1,6 @@
-"""Utterance embeddings from an emosup checkpoint or a converted SpeechBrain encoder.
+"""Utterance embeddings from an emosup checkpoint or a converted SpeechBrain / HF encoder.
 
-  python -m emosup.embed --checkpoint=DIR --manifest=CSV --out=FILE.npz
+  python -m emosup.embed --checkpoint=DIR --manifest=CSV --out=FILE.npz [--layer=L]
 
 Each embedding is SpeechBrain's `EncoderClassifier.encode_batch` of that utterance alone:
 Fbank(n_mels=80) → sentence mean normalisation → encoder. To keep shapes static,
@@ -8,6 +8,26 @@ utterances are sorted by length, batched, and padded to a multiple of `bucket_se
 front end and the encoder's reflect padding work per utterance (`audio.utterance_features`,
 `per_utterance_padding=True`), so the padding changes nothing and the result does not
 depend on batching. Batches are sharded over all devices.
+
+wav2vec 2.0 (a folder from `python -m emosup.convert wav2vec2`): each embedding is the mean
+over the utterance's frames of HF `Wav2Vec2Model(..., output_hidden_states=True)
+.hidden_states[L]` for that utterance alone, unpadded (`--layer=L`: 0 = the encoder input,
+i = the output of transformer layer i, negative counts from the end; default -1 = the last
+entry). The waveform is first normalised per utterance (zero mean, unit variance, eps 1e-7)
+when model.json's `features.do_normalize` says so, as HF's feature extractor does.
+Note for stable-LN models (large-lv60, XLS-R): transformers 5 records `hidden_states[-1]`
+*before* the encoder's final LayerNorm (4.x recorded it after), and so does this port; the
+LayerNorm-ed output (`last_hidden_state`) is not one of the layers offered here.
+
+Batches are zero-padded as for ECAPA, but HF's padded maths depends on the padding (the base
+family's conv-0 GroupNorm takes statistics over all frames, and a checkpoint whose
+`features.return_attention_mask` is false is run by HF without a mask, attending to the
+padding). Embeddings are therefore computed with `w2v2_ser.Wav2Vec2PerUtterance`, which masks
+every padded frame and takes the GroupNorm statistics over the valid frames: each row equals
+HF on that utterance alone, whatever the batching, so `return_attention_mask` (which changes
+nothing for a single unpadded utterance) is not needed. Utterances shorter than the conv
+stack's receptive field (400 samples = 25 ms for the published models) give no frame and are
+skipped as unreadable ones are.
 """
 import collections
 import concurrent.futures
@@ -24,7 +44,9 @@ from absl import app, flags, logging
 from emosup import audio, checkpoint, logs, parallel
 from emosup.data import manifest as manifest_lib
 from emosup.data import pipeline
+from emosup.models import w2v2_ser
 from emosup.models.speaker import build_encoder
+from emosup.models.wav2vec2 import Wav2Vec2Config
 
 
 class Encoder:
@@ -34,26 +56,51 @@ class Encoder:
     variables=...)` wraps variables in memory (e.g. a model being fine-tuned). The jitted
     embedding function is compiled once per mesh and bucket length; replacing
     `encoder.variables` reuses it.
+
+    `layer` (wav2vec2 only; None = -1, the last): which entry of HF's `hidden_states` is
+    averaged over frames (see the module docstring).
     """
 
-    def __init__(self, directory=None, *, model_config=None, variables=None, name=None):
+    def __init__(self, directory=None, *, model_config=None, variables=None, name=None, layer=None):
         if directory is not None:
             self.directory = str(directory)
             self.model_config, self.variables = checkpoint.load_encoder_variables(directory)
         else:
             self.directory, self.model_config, self.variables = None, model_config, variables
-        self.module = build_encoder(self.model_config)
+        where = f"{self.directory}/model.json" if self.directory else "model_config"
+        if self.model_config.get("encoder") == "wav2vec2":
+            self.w2v2_config = Wav2Vec2Config.from_dict(self.model_config["wav2vec2"])
+            features = self.model_config.get("features", {})
+            rate = features.get("sampling_rate", audio.SAMPLE_RATE)
+            if rate != audio.SAMPLE_RATE:
+                raise ValueError(f"{where}: features.sampling_rate={rate}, but audio is read at "
+                                 f"{audio.SAMPLE_RATE} Hz")
+            self.layer = w2v2_ser.check_layer(self.w2v2_config, -1 if layer is None else layer)
+            self.do_normalize = bool(features.get("do_normalize", True))
+            self.module = w2v2_ser.Wav2Vec2PerUtterance(self.w2v2_config)
+            self.min_samples = self.w2v2_config.receptive_field
+            fn = _w2v2_embed_fn(self.module, self.layer, self.do_normalize)
+        else:
+            if layer is not None:
+                raise ValueError(f"{where}: layer={layer!r} applies to wav2vec2 encoders only, "
+                                 f"not encoder={self.model_config.get('encoder')!r}")
+            self.module = build_encoder(self.model_config)
+            self.w2v2_config, self.layer, self.min_samples = None, None, 1
+            fn = _embed_fn(self.module)
+        self._fn = fn
         self.name = name or self.model_config.get("source", self.directory)
         self._jitted = {}
         self.compiled = set()  # (mesh, padded length) already compiled, for the log
 
     @property
     def dim(self):
+        if self.w2v2_config is not None:
+            return self.w2v2_config.hidden_size
         return self.module.lin_neurons
 
     def jitted(self, mesh):
         if mesh not in self._jitted:  # meshes over the same devices compare equal
-            self._jitted[mesh] = jax.jit(_embed_fn(self.module), in_shardings=(
+            self._jitted[mesh] = jax.jit(self._fn, in_shardings=(
                 parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.batch_sharded(mesh)),
                 out_shardings=parallel.replicated(mesh))
         return self._jitted[mesh]
@@ -63,13 +110,30 @@ def _embed_fn(module):
     def fn(variables, wavs, lengths):
         feats, n_valid = audio.utterance_features(wavs, lengths)
         emb = module.apply(variables, feats, n_valid, train=False)
-        # Baseline features for the study: mean and std of the log-mel over valid frames
-        # (the mean of the raw log-mel is what the sentence normalisation removed).
-        raw = audio.fbank(wavs, n_valid.astype(jnp.int32))
-        valid = (jnp.arange(raw.shape[1])[None, :] < n_valid[:, None])[..., None]
-        mean = jnp.sum(raw * valid, axis=1) / n_valid[:, None]
-        std = jnp.sqrt(jnp.sum(((raw - mean[:, None]) ** 2) * valid, axis=1) / n_valid[:, None])
-        return emb, jnp.concatenate([mean, std], -1)
+        return emb, _logmel_stats(wavs, n_valid)
+
+    return fn
+
+
+def _logmel_stats(wavs, n_valid):
+    """Baseline features for the study: mean and std of the log-mel over valid frames
+    (the mean of the raw log-mel is what the sentence normalisation removed)."""
+    raw = audio.fbank(wavs, n_valid.astype(jnp.int32))
+    valid = (jnp.arange(raw.shape[1])[None, :] < n_valid[:, None])[..., None]
+    mean = jnp.sum(raw * valid, axis=1) / n_valid[:, None]
+    std = jnp.sqrt(jnp.sum(((raw - mean[:, None]) ** 2) * valid, axis=1) / n_valid[:, None])
+    return jnp.concatenate([mean, std], -1)
+
+
+def _w2v2_embed_fn(module, layer, do_normalize):
+    """(variables, wavs [B, N], lengths [B]) -> (mean of hidden_states[layer] over each row's
+    frames [B, H], log-mel stats [B, 160]); every row as if alone (Wav2Vec2PerUtterance)."""
+    def fn(variables, wavs, lengths):
+        x = w2v2_ser.zero_mean_unit_var(wavs, lengths) if do_normalize else wavs
+        mask = jnp.arange(wavs.shape[1])[None, :] < lengths[:, None]
+        out = module.apply({"params": variables["params"]}, x, mask)
+        n_valid = (1 + lengths // audio.HOP).astype(jnp.float32)  # log-mel frames, as ECAPA's
+        return w2v2_ser.layer_mean(out, layer), _logmel_stats(wavs, n_valid)
 
     return fn
 
@@ -87,10 +151,15 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
     lengths, _ = pipeline.scan_utterances(paths, skip_log)
     batch = batch_per_device * mesh.devices.size
     bucket = int(bucket_seconds * audio.SAMPLE_RATE)
-    n_feat = 2 * encoder.model_config["features"]["n_mels"]
+    n_feat = 2 * encoder.model_config["features"].get("n_mels", audio.N_MELS)
     emb = np.full((n, encoder.dim), np.nan, np.float32)
     stats = np.full((n, n_feat), np.nan, np.float32)
     valid = np.zeros(n, bool)
+    min_samples = getattr(encoder, "min_samples", 1)  # > 1 for wav2vec2 only
+    for i in np.flatnonzero((lengths > 0) & (lengths < min_samples)):
+        skip_log.add(paths[i], f"{lengths[i]} samples: shorter than the encoder's receptive field "
+                               f"of {min_samples} samples (no frame)")
+        lengths[i] = 0
     order = [i for i in np.argsort(lengths, kind="stable") if lengths[i] > 0]
     fn = encoder.jitted(mesh)
     variables = parallel.replicate(encoder.variables, mesh)
@@ -141,7 +210,7 @@ def main(argv):
     del argv
     logs.setup()
     m = manifest_lib.read_manifest(FLAGS.manifest, allowed_splits=None)
-    enc = Encoder(FLAGS.checkpoint)
+    enc = Encoder(FLAGS.checkpoint, layer=FLAGS.layer)
     skip_log = pipeline.SkipLog()
     emb, _, valid = embed_paths(enc, [u.path for u in m], batch_per_device=FLAGS.batch_per_device,
                                 bucket_seconds=FLAGS.bucket_seconds, skip_log=skip_log)
@@ -159,5 +228,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "output .npz (ids, embeddings)")
     flags.DEFINE_integer("batch_per_device", 8, "utterances per device per batch")
     flags.DEFINE_float("bucket_seconds", 1.0, "batches are padded to a multiple of this")
+    flags.DEFINE_integer("layer", None, "wav2vec2 only: HF hidden_states index to average "
+                         "(0 = encoder input, -1 = last; default -1)")
     flags.mark_flags_as_required(["checkpoint", "manifest", "out"])
     app.run(main)
