@@ -14,9 +14,9 @@ import pathlib
 import numpy as np
 from absl import logging
 
-from emosup import finetune, metrics, tasks, train
+from emosup import finetune, finetune_w2v2, metrics, tasks, train
 
-ARMS = ("scratch",) + tasks.OBJECTIVES
+ARMS = ("scratch",) + tasks.OBJECTIVES + finetune_w2v2.ARMS
 METRICS = ("macro_f1", "uar", "accuracy", "ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean")
 
 
@@ -40,6 +40,17 @@ def _finetune_config(config, init, seed):
     crop = c.data.crop_seconds
     c.seed, c.init, c.data = seed, str(init) if init else "", copy.deepcopy(config.data)
     c.data.crop_seconds = crop  # fine-tuning keeps its own crop length
+    c.lock()
+    return c
+
+
+def _w2v2_config(config, seed, speaker_dir):
+    """Fine-tuning config of a wav2vec2 arm: the SER settings of `config.finetune` plus the
+    wav2vec2, loss and pair settings (pairs from the speaker encoder, as the ECAPA arms)."""
+    c = _finetune_config(config, None, seed)
+    c.unlock()
+    c.w2v2, c.loss = copy.deepcopy(config.w2v2), copy.deepcopy(config.loss)
+    c.pair_config = _pretrain_config(config, "contrastive", seed, speaker_dir)
     c.lock()
     return c
 
@@ -99,6 +110,16 @@ def run(config, workdir, corpus, speaker_dir):
     cache, runs = {}, {a: [] for a in arms}
     for seed in config.arms.seeds:
         for arm in arms:
+            if arm in finetune_w2v2.ARMS:
+                # Fusion takes the ECAPA of this seed's contrastive arm when it ran, else the
+                # speaker encoder of the study.
+                con = workdir / "pretrain" / "contrastive" / f"seed{seed}"
+                fusion = con if "contrastive" in arms and (con / "model.json").is_file() else speaker_dir
+                logging.info("comparison: fine-tuning wav2vec2 arm %s, seed %d", arm, seed)
+                runs[arm].append(finetune_w2v2.run(
+                    _w2v2_config(config, seed, speaker_dir), workdir / "finetune" / arm / f"seed{seed}",
+                    corpus, arm, fusion_encoder=fusion, embedding_cache=cache))
+                continue
             init = None
             if arm != "scratch":
                 init = workdir / "pretrain" / arm / f"seed{seed}"

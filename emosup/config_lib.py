@@ -128,20 +128,24 @@ def finetune_config(manifest="", synthetic_dir="", init="", preset="tiny", steps
 
 
 ALL_ARMS = ("scratch", "speaker", "contrastive", "multitask", "adversarial")
+W2V2_ARMS = ("w2v2", "w2v2_contrastive", "w2v2_multitask", "w2v2_fusion")
 
 
 def arm_names(arg):
-    """`all` | `0` | names joined by `+` → the tuple of arms to run."""
+    """`all` (the ECAPA arms) | `w2v2` (the wav2vec2 arms) | `0` | names joined by `+`; `all` and
+    `w2v2` may be joined too (`all+w2v2`)."""
     arg = str(arg).strip().lower()
-    if arg in ("all", "1", "true", "yes"):
-        return ALL_ARMS
     if arg in ("0", "none", "false", "no", ""):
         return ()
-    names = tuple(a.strip() for a in arg.split("+"))
-    unknown = [a for a in names if a not in ALL_ARMS]
+    names = []
+    for a in arg.split("+"):
+        a = a.strip()
+        names += ALL_ARMS if a in ("all", "1", "true", "yes") else W2V2_ARMS if a == "w2v2s" else (a,)
+    unknown = [a for a in names if a not in ALL_ARMS + W2V2_ARMS]
     if unknown:
-        raise ValueError(f"config argument arms={arg!r}: unknown arms {unknown}; known: {list(ALL_ARMS)}")
-    return names
+        raise ValueError(f"config argument arms={arg!r}: unknown arms {unknown}; known: "
+                         f"{list(ALL_ARMS + W2V2_ARMS)}, `all`, `w2v2s`")
+    return tuple(dict.fromkeys(names))
 
 
 def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, batch_size=0, k=0, tiny=False,
@@ -187,6 +191,17 @@ def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, bat
     c.protocol = ml_collections.ConfigDict(dict(fold_option="", folds=()))
     # Speaker verification (VoxCeleb): a trial list scored with the speaker encoder (EER).
     c.verification = ml_collections.ConfigDict(dict(trials=""))
+    # The wav2vec2 arms (emosup.finetune_w2v2): weights from `init` (a converted HF folder) or,
+    # without one, a randomly initialised `model` -- tiny here so the arms run on a CPU.
+    c.w2v2 = ml_collections.ConfigDict(dict(
+        init="",
+        model=dict(hidden_size=32 if tiny else 64, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=64 if tiny else 128, conv_dim=(32,) * 7,
+                   num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                   hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, layerdrop=0.0),
+        contrastive_weight=0.5,  # λ_c (our choice)
+        speaker_weight=0.5,      # λ_s (our choice)
+    ))
     return c
 
 

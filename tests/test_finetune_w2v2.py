@@ -1,0 +1,74 @@
+"""The wav2vec2 arms end to end on the tiny synthetic corpus: SER alone, + intra-speaker
+contrastive pairs, + speaker loss, and fusion with an ECAPA embedding; and a converted HF
+checkpoint as the starting point."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from helpers import DEMO, load_config
+from test_wav2vec2 import make_hf
+
+from emosup import checkpoint, comparison, finetune_w2v2
+from emosup.convert.hf_wav2vec2 import load_hf_wav2vec2
+from emosup.data import corpus as corpus_lib
+from emosup.models.ecapa import PRESETS
+from emosup.models.speaker import build_encoder
+
+
+@pytest.fixture(scope="module")
+def speaker_dir(tmp_path_factory):
+    """A random tiny ECAPA exported as an encoder: its clusters give pairs, it feeds fusion."""
+    out = tmp_path_factory.mktemp("spk") / "enc"
+    cfg = {"encoder": "ecapa", "ecapa": dict(PRESETS["tiny"]), "features": {"n_mels": 80}, "source": "random"}
+    variables = build_encoder(cfg).init(jax.random.key(3), np.zeros((1, 101, 80), np.float32), None)
+    checkpoint.export_encoder(out, cfg, dict(variables))
+    return out
+
+
+def _config(corpus_dir, **w2v2):
+    c = load_config(DEMO, f"tiny=1,seeds=1,synthetic_dir={corpus_dir}")
+    c.unlock()
+    c.finetune.total_steps, c.finetune.eval_every, c.finetune.ser.freeze_steps = 4, 2, 1
+    c.w2v2.update(w2v2)
+    c.lock()
+    return c
+
+
+@pytest.mark.parametrize("arm", finetune_w2v2.ARMS)
+def test_arm_trains_and_scores_the_unseen_speakers(arm, tmp_path, synthetic_corpus_dir, speaker_dir):
+    config = _config(synthetic_corpus_dir)
+    corpus = corpus_lib.open_corpus(config.data, tmp_path)
+    r = finetune_w2v2.run(comparison._w2v2_config(config, 0, speaker_dir), tmp_path / arm, corpus, arm,
+                          fusion_encoder=speaker_dir)
+    assert r["classes"] == ["angry", "happy", "neutral", "sad"]
+    assert np.sum(r["test"]["confusion"]) == 48  # every test utterance scored once
+    assert 0.0 <= r["test"]["macro_f1"] <= 1.0
+    assert [h["step"] for h in r["history"]] == [2, 4]
+    assert ("contrastive_loss" in r["history"][-1]) == (arm in ("w2v2_contrastive", "w2v2_multitask"))
+    assert ("speaker_loss" in r["history"][-1]) == (arm == "w2v2_multitask")
+    assert all(np.isfinite(h["loss"]) for h in r["history"])
+    assert "random" in r["wav2vec2"] and "no pretrained checkpoint" in r["wav2vec2"]
+    assert json.loads((tmp_path / arm / "results.json").read_text())["test"] == r["test"]
+
+
+def test_converted_hf_checkpoint_is_the_starting_point(tmp_path, synthetic_corpus_dir, speaker_dir, monkeypatch):
+    hf_dir = tmp_path / "hf"
+    make_hf(seed=4).save_pretrained(hf_dir)
+    from emosup.convert.__main__ import main as convert_main
+
+    assert convert_main(["wav2vec2", str(hf_dir), str(tmp_path / "w2v2")]) == 0
+    config = _config(synthetic_corpus_dir, init=str(tmp_path / "w2v2"))
+    corpus = corpus_lib.open_corpus(config.data, tmp_path)
+    seen = {}
+    real_create = finetune_w2v2.train_state.TrainState.create
+
+    def spy(**kw):
+        seen["body"] = kw["params"]["ser"]["wav2vec2"]
+        return real_create(**kw)
+
+    monkeypatch.setattr(finetune_w2v2.train_state.TrainState, "create", staticmethod(spy))
+    r = finetune_w2v2.run(comparison._w2v2_config(config, 0, speaker_dir), tmp_path / "ft", corpus, "w2v2")
+    _, converted = load_hf_wav2vec2(hf_dir)
+    jax.tree.map(np.testing.assert_array_equal, seen["body"], converted["params"])
+    assert r["wav2vec2"].startswith("huggingface:")
