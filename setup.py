@@ -38,6 +38,7 @@ setup(
         # torchaudio fix speechbrain needs beside it.
         "test": [
             "pytest",
+            "pytest-xdist",  # the suite runs in 2 worker processes (-n 2): it is mostly single-threaded
             "torch==2.13.0",
             "speechbrain",
             "transformers",

@@ -82,6 +82,8 @@ def write(results, workdir):
     md = [f"# SER comparison — {results['corpus']}", "",
           f"Test speakers unseen in fine-tuning; {results['labels_per_class']} labels per class;{folds} "
           f"mean ± std over seeds {results['seeds']}.", "", format_table(results), ""]
+    if results.get("wav2vec2"):
+        md.insert(-2, f"wav2vec2 arms: {results['wav2vec2']}.\n")
     (workdir / "results.md").write_text("\n".join(md))
 
 
@@ -137,6 +139,9 @@ def run(config, workdir, corpus, speaker_dir):
                "target": first["target"], "pretrain_steps": config.arms.pretrain_steps,
                "finetune_steps": config.finetune.total_steps,
                "arms": {a: {m: _summary([r["test"][m] for r in runs[a]]) for m in metric_names} for a in arms}}
+    w2v2_runs = [runs[a][0] for a in arms if a in finetune_w2v2.ARMS]
+    if w2v2_runs:
+        results["wav2vec2"] = w2v2_runs[0]["wav2vec2"]
     write(results, workdir)
     if "confusion" not in first["test"]:
         return results

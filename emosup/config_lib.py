@@ -186,6 +186,8 @@ def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, bat
     c.finetune = finetune_config(steps=6 if tiny else 200, batch_size=8 if tiny else 16,
                                  labels_per_class=labels_per_class)
     c.finetune.data.crop_seconds = 1.0 if tiny else 2.0
+    if tiny:
+        c.finetune.eval_every = 3  # two dev evaluations (steps 3 and 6) instead of six
     # Cross-validation folds (corpus configs): the comparison runs once per value of the
     # reader option `protocol.fold_option` in `protocol.folds`; () = the corpus's own splits.
     c.protocol = ml_collections.ConfigDict(dict(fold_option="", folds=()))

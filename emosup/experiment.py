@@ -93,6 +93,8 @@ def _run_one(config, workdir):
     print(f"\nSER comparison — {corpus.name}: {results['labels_per_class']} labels per class, "
           f"test speakers unseen, mean ± std over seeds {results['seeds']}")
     print(comparison.format_table(results))
+    if results.get("wav2vec2"):
+        print(f"wav2vec2 arms: {results['wav2vec2']}")
     print(f"\nwrote {workdir / 'results.json'}")
     return result, results
 

@@ -88,7 +88,7 @@ def test_demo_tiny_on_a_csv_corpus_of_foreign_wavs(tmp_path):
                 sf.write(tmp_path / rel, x.astype(np.float32), sr)
                 rows.append(f"{rel},spk{s},{emo},{split}")
     (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
-    cfg = load_config(DEMO, f"tiny=1,arms=scratch+multitask,seeds=2,manifest={tmp_path / 'mine.csv'}")
+    cfg = load_config(DEMO, f"tiny=1,arms=multitask,seeds=2,manifest={tmp_path / 'mine.csv'}")
     experiment.run(cfg, tmp_path / "run")
     study = _check_study(tmp_path / "run" / "study.json", speakers=2, utterances=16)
     assert study["k"] == 2 and study["corpus"] == "mine"
@@ -98,8 +98,8 @@ def test_demo_tiny_on_a_csv_corpus_of_foreign_wavs(tmp_path):
     # of them (dev = held-out train speakers), scored on the unseen `test` speakers.
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["corpus"] == "mine" and results["seeds"] == [0, 1]
-    assert list(results["arms"]) == ["scratch", "multitask"] and results["classes"] == ["calm", "excited"]
-    for arm in ("scratch", "multitask"):
+    assert list(results["arms"]) == ["multitask"] and results["classes"] == ["calm", "excited"]
+    for arm in ("multitask",):
         assert len(results["arms"][arm]["macro_f1"]["runs"]) == 2
         for seed in (0, 1):
             ft = json.loads((tmp_path / "run" / "finetune" / arm / f"seed{seed}" / "results.json").read_text())

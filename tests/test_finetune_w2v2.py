@@ -35,21 +35,28 @@ def _config(corpus_dir, **w2v2):
     return c
 
 
-@pytest.mark.parametrize("arm", finetune_w2v2.ARMS)
-def test_arm_trains_and_scores_the_unseen_speakers(arm, tmp_path, synthetic_corpus_dir, speaker_dir):
+def test_every_arm_in_the_comparison(tmp_path, synthetic_corpus_dir, speaker_dir):
+    """All four arms through comparison.run: each trains (the pair arms with their extra
+    losses), scores every unseen test utterance, and the table names the wav2vec2 source."""
     config = _config(synthetic_corpus_dir)
+    config.unlock()
+    config.arms.names = finetune_w2v2.ARMS
+    config.lock()
     corpus = corpus_lib.open_corpus(config.data, tmp_path)
-    r = finetune_w2v2.run(comparison._w2v2_config(config, 0, speaker_dir), tmp_path / arm, corpus, arm,
-                          fusion_encoder=speaker_dir)
-    assert r["classes"] == ["angry", "happy", "neutral", "sad"]
-    assert np.sum(r["test"]["confusion"]) == 48  # every test utterance scored once
-    assert 0.0 <= r["test"]["macro_f1"] <= 1.0
-    assert [h["step"] for h in r["history"]] == [2, 4]
-    assert ("contrastive_loss" in r["history"][-1]) == (arm in ("w2v2_contrastive", "w2v2_multitask"))
-    assert ("speaker_loss" in r["history"][-1]) == (arm == "w2v2_multitask")
-    assert all(np.isfinite(h["loss"]) for h in r["history"])
-    assert "random" in r["wav2vec2"] and "no pretrained checkpoint" in r["wav2vec2"]
-    assert json.loads((tmp_path / arm / "results.json").read_text())["test"] == r["test"]
+    results = comparison.run(config, tmp_path, corpus, speaker_dir)
+    assert list(results["arms"]) == list(finetune_w2v2.ARMS)
+    assert "no pretrained checkpoint" in results["wav2vec2"]
+    assert "wav2vec2 arms: random" in (tmp_path / "results.md").read_text()
+    for arm in finetune_w2v2.ARMS:
+        r = json.loads((tmp_path / "finetune" / arm / "seed0" / "results.json").read_text())
+        assert r["classes"] == ["angry", "happy", "neutral", "sad"]
+        assert np.sum(r["test"]["confusion"]) == 48  # every test utterance scored once
+        assert r["test"]["macro_f1"] == results["arms"][arm]["macro_f1"]["runs"][0]
+        assert [h["step"] for h in r["history"]] == [2, 4]
+        assert ("contrastive_loss" in r["history"][-1]) == (arm in ("w2v2_contrastive", "w2v2_multitask"))
+        assert ("speaker_loss" in r["history"][-1]) == (arm == "w2v2_multitask")
+        assert all(np.isfinite(h["loss"]) for h in r["history"])
+        assert (tmp_path / f"confusion_{arm}.png").stat().st_size > 0
 
 
 def test_converted_hf_checkpoint_is_the_starting_point(tmp_path, synthetic_corpus_dir, speaker_dir, monkeypatch):
@@ -72,3 +79,4 @@ def test_converted_hf_checkpoint_is_the_starting_point(tmp_path, synthetic_corpu
     _, converted = load_hf_wav2vec2(hf_dir)
     jax.tree.map(np.testing.assert_array_equal, seen["body"], converted["params"])
     assert r["wav2vec2"].startswith("huggingface:")
+
