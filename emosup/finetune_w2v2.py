@@ -157,7 +157,7 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
         if mismatch:
             raise ValueError(f"{config.w2v2.init}: shapes differ from the model at {mismatch[:5]}")
         params["ser"]["wav2vec2"] = jax.tree.map(np.asarray, pretrained)
-    logging.info("finetune %s: wav2vec2 %s, %s", arm, w2v2_cfg.family, source)
+    logging.info("finetune %s: wav2vec2 from %s", arm, source)
 
     freeze = int(config.ser.freeze_steps)
     body_lr = optax.join_schedules(
