@@ -109,20 +109,42 @@ def evaluate(encoder, head, head_params, rows, classes, target, batch_per_device
     emb, _, valid = embed_paths(encoder, [u.path for u in rows], batch_per_device=batch_per_device,
                                 progress=False)
     logits, dims = head.apply({"params": head_params}, jnp.asarray(np.nan_to_num(emb)))
+    out = scores(logits, dims, valid, rows, classes)
+    if logits is not None:
+        out["probabilities"] = np.asarray(jax.nn.softmax(logits, -1))[valid]
+    return out
+
+
+def scores(logits, dims, valid, rows, classes):
+    """Metrics of the `valid` rows: macro-F1, UAR, accuracy and the confusion matrix from
+    `logits` [N, C] (or None), CCC per dimension and their mean from `dims` [N, 3] (or None)."""
+    valid = np.asarray(valid, bool)
     out = {"utterances": int(valid.sum()), "unreadable": int((~valid).sum())}
     if logits is not None:
         labels = np.array([classes.index(u.emotion) for u in rows])[valid]
         preds = np.asarray(jnp.argmax(logits, -1))[valid]
         cm = metrics.confusion_matrix(labels, preds, len(classes))
         m = metrics.classification_metrics(cm)
-        out.update(macro_f1=m["macro_f1"], uar=m["uar"], accuracy=m["accuracy"], confusion=cm.tolist(),
-                   probabilities=np.asarray(jax.nn.softmax(logits, -1))[valid])
+        out.update(macro_f1=m["macro_f1"], uar=m["uar"], accuracy=m["accuracy"], confusion=cm.tolist())
     if dims is not None:
         stats = metrics.CCCStats(len(DIMENSIONS))
         stats.update(np.asarray(dims)[valid], _dims(rows, "evaluation")[valid])
         ccc = stats.value()
         out.update({f"ccc_{d}": float(c) for d, c in zip(DIMENSIONS, ccc)}, ccc_mean=float(np.mean(ccc)))
     return out
+
+
+def restore(ckpt, state, skip_log):
+    """(state, start step, history, best variables, best dev score) from the last checkpoint
+    `ckpt` holds, or the fresh start (state, 0, [], None, -inf)."""
+    restored, meta, extras = ckpt.restore(state, extra=("best",))
+    if restored is None:
+        return state, 0, [], None, -np.inf
+    for path, reason in meta.get("skipped", {}).items():
+        skip_log.add(path, reason)
+    best_score = meta["best_score"] if meta["best_score"] is not None else -np.inf
+    logging.info("finetune: resumed from %s at step %d", ckpt.directory, int(meta["step"]))
+    return restored, int(meta["step"]), meta["history"], extras["best"], best_score
 
 
 def _selection_score(result, target):
@@ -213,15 +235,7 @@ def run(config, workdir, corpus=None):
 
     # --- Resume: the last dev evaluation's checkpoint (state, best variables, history). ---
     ckpt = checkpoint.Checkpointer(workdir, keep=2)
-    best, best_score, history, start_step = None, -np.inf, [], 0
-    restored, meta, extras = ckpt.restore(state, extra=("best",))
-    if restored is not None:
-        state, start_step, history = restored, int(meta["step"]), meta["history"]
-        best = extras["best"]
-        best_score = meta["best_score"] if meta["best_score"] is not None else -np.inf
-        for path, reason in meta.get("skipped", {}).items():
-            skip_log.add(path, reason)
-        logging.info("finetune: resumed from %s at step %d", ckpt.directory, start_step)
+    state, start_step, history, best, best_score = restore(ckpt, state, skip_log)
     batches = pipeline.crop_batches(
         paths, labels, lengths, crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
         process_index=jax.process_index(), seed=config.seed, start_step=start_step,

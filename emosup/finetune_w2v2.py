@@ -31,9 +31,9 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from emosup import audio, checkpoint, losses, metrics, parallel
+from emosup import audio, checkpoint, losses, parallel
 from emosup.data import pipeline
-from emosup.finetune import DIMENSIONS, _dims, _selection_score, _split_rows
+from emosup.finetune import DIMENSIONS, _dims, _selection_score, _split_rows, restore, scores
 from emosup.models import w2v2_ser
 from emosup.models.heads import ProjectionHead, SerHead
 from emosup.models.speaker import build_encoder
@@ -228,13 +228,7 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
     sampler = pipeline.CropSampler(lengths, crop, config.batch_size, config.seed)
 
     ckpt = checkpoint.Checkpointer(workdir, keep=2)
-    best, best_score, history, start_step = None, -np.inf, [], 0
-    restored, meta, extras = ckpt.restore(state, extra=("best",))
-    if restored is not None:
-        state, start_step, history = restored, int(meta["step"]), meta["history"]
-        best = extras["best"]
-        best_score = meta["best_score"] if meta["best_score"] is not None else -np.inf
-        logging.info("finetune %s: resumed at step %d", arm, start_step)
+    state, start_step, history, best, best_score = restore(ckpt, state, skip_log)
     common = dict(crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
                   process_index=jax.process_index(), seed=config.seed, start_step=start_step,
                   num_steps=config.total_steps, skip_log=skip_log)
@@ -270,20 +264,8 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
             out_logits.append(np.zeros(1) if lg is None else np.asarray(lg[0]))
             out_dims.append(np.zeros(1) if dm is None else np.asarray(dm[0]))
             valid.append(True)
-        valid = np.asarray(valid)
-        res = {"utterances": int(valid.sum()), "unreadable": int((~valid).sum())}
-        if n_classes:
-            logits = np.stack(out_logits)
-            cm = metrics.confusion_matrix(np.array([classes.index(u.emotion) for u in rows])[valid],
-                                          logits.argmax(-1)[valid], len(classes))
-            m = metrics.classification_metrics(cm)
-            res.update(macro_f1=m["macro_f1"], uar=m["uar"], accuracy=m["accuracy"], confusion=cm.tolist())
-        if n_dims:
-            stats = metrics.CCCStats(len(DIMENSIONS))
-            stats.update(np.stack(out_dims)[valid], _dims(rows, "evaluation")[valid])
-            ccc = stats.value()
-            res.update({f"ccc_{d}": float(c) for d, c in zip(DIMENSIONS, ccc)}, ccc_mean=float(np.mean(ccc)))
-        return res
+        return scores(np.stack(out_logits) if n_classes else None,
+                      np.stack(out_dims) if n_dims else None, valid, rows, classes)
 
     t0 = time.time()
     try:
