@@ -132,8 +132,8 @@ W2V2_ARMS = ("w2v2", "w2v2_contrastive", "w2v2_multitask", "w2v2_fusion")
 
 
 def arm_names(arg):
-    """`all` (the ECAPA arms) | `w2v2` (the wav2vec2 arms) | `0` | names joined by `+`; `all` and
-    `w2v2` may be joined too (`all+w2v2`)."""
+    """`all` (the ECAPA arms) | `w2v2s` (the wav2vec2 arms) | `0` | names joined by `+`; `all` and
+    `w2v2s` may be joined too (`all+w2v2s`)."""
     arg = str(arg).strip().lower()
     if arg in ("0", "none", "false", "no", ""):
         return ()

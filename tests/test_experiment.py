@@ -26,8 +26,17 @@ def _check_study(path, speakers, utterances):
     return study
 
 
+def test_demo_runs_the_ecapa_and_the_wav2vec2_arms_by_default():
+    from emosup import config_lib
+
+    names = load_config(DEMO, "tiny=1").arms.names
+    assert names == config_lib.ALL_ARMS + config_lib.W2V2_ARMS
+    assert load_config(DEMO, "arms=w2v2s").arms.names == config_lib.W2V2_ARMS
+
+
 def test_demo_tiny_on_synthetic_corpus(tmp_path, synthetic_corpus_dir, capsys):
-    cfg = load_config(DEMO, f"tiny=1,seeds=1,synthetic_dir={synthetic_corpus_dir}")
+    # The ECAPA arms here; the wav2vec2 arms run through the same comparison in test_finetune_w2v2.
+    cfg = load_config(DEMO, f"tiny=1,arms=all,seeds=1,synthetic_dir={synthetic_corpus_dir}")
     experiment.run(cfg, tmp_path)
     # tiny corpus: 3 test speakers × 4 emotions × 4 utterances
     study = _check_study(tmp_path / "study.json", speakers=3, utterances=48)
