@@ -216,3 +216,136 @@ def test_chance_assignment_keeps_sizes_and_is_seeded():
     assert not np.array_equal(a, pred)
     np.testing.assert_array_equal(a, C.chance_assignment(pred, 5, spk))
     assert not np.array_equal(a, C.chance_assignment(pred, 6, spk))
+
+
+# ------------------------------------------------------------------------------ scale
+def _ragged(seed=0, n_spk=37, d=8):
+    """37 speakers (not a multiple of 8) of 1..16 utterances, so two length buckets and
+    speakers with n <= k; rows shuffled."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 17, n_spk)
+    spk = rng.permutation(np.repeat([f"s{i:02d}" for i in range(n_spk)], sizes))
+    centres = rng.normal(size=(3, d))
+    return (centres[rng.integers(0, 3, len(spk))] + rng.normal(size=(len(spk), d))).astype(np.float32), spk
+
+
+_SMALL_SUB = 256  # elements per sub-batch in the sharding tests: 2-4 speakers, so every device gets some
+
+
+def _one_device_labels():
+    from emosup import parallel
+
+    x, spk = _ragged()
+    return C.per_speaker_kmeans(x, spk, 3, seed=5, mesh=parallel.make_mesh(jax.devices()[:1]))
+
+
+def test_sharded_equals_one_device(monkeypatch):
+    assert len(jax.devices()) == 8  # conftest's fake CPU devices
+    monkeypatch.setattr(C, "_SUB_ELEMS", _SMALL_SUB)
+    x, spk = _ragged()
+    sizes = np.unique(spk, return_counts=True)[1]
+    for slot_ids, m, b in C._plan(sizes[sizes > 3], x.shape[1], 1 << 26, 8):
+        per_device = (slot_ids.reshape(8, -1) >= 0).sum(axis=1)
+        assert (per_device > 0).sum() >= 6, (m, b, per_device)  # the speakers really spread
+    ref = _one_device_labels()
+    # All 8 devices (the default mesh), compiled for up to 5 centres (as for a silhouette
+    # choice of k): the same labels. (Outputs all-gathered on the devices, the multi-host
+    # path, are tested by the 2-process test below; batched_kmeans and kmeans_plusplus_init
+    # run on all 8 devices in the sklearn tests above.)
+    np.testing.assert_array_equal(C.per_speaker_kmeans(x, spk, 3, seed=5, k_max=5), ref)
+
+
+def test_plan_buckets_and_shapes():
+    sizes = np.array([5] * 30 + [9] * 1000 + [40] * 400 + [33] + [100] * 7)
+    calls = C._plan(sizes, 192, 1 << 26, 4)
+    ms = [m for _, m, _ in calls]
+    assert ms == sorted(ms, reverse=True) and set(ms) == {128, 64, 16}  # the 5s joined the 9s
+    got = np.concatenate([ids[ids >= 0] for ids, _, _ in calls])
+    np.testing.assert_array_equal(np.sort(got), np.arange(len(sizes)))  # each speaker once
+    for ids, m, b in calls:
+        assert len(ids) % (4 * b) == 0 and b >= 2 and (sizes[ids[ids >= 0]] <= m).all()
+    # A small budget splits a bucket into calls of one shape.
+    calls = C._plan(np.full(1000, 9), 192, 1 << 16, 2)
+    assert len(calls) > 1 and len({len(ids) for ids, _, _ in calls}) == 1
+
+
+_WORKER = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, numpy as np
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+sys.path.insert(0, sys.argv[3])
+from test_cluster import _ragged
+from emosup import cluster, parallel
+cluster._SUB_ELEMS = int(sys.argv[4])
+x, spk = _ragged()
+lab = cluster.per_speaker_kmeans(x, spk, 3, seed=5, mesh=parallel.make_mesh())
+print("LABELS", jax.process_index(), jax.device_count(), " ".join(map(str, lab)), flush=True)
+"""
+
+
+def test_two_processes_global_mesh_equal_one_process(monkeypatch):
+    """A real 2-host job on loopback (2 processes x 2 CPU devices, gloo): every host supplies
+    its own shards, and both get every label, equal to one process's."""
+    import os
+    import pathlib
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    here = str(pathlib.Path(__file__).parent)
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, address, str(i), here, str(_SMALL_SUB)],
+                              env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    monkeypatch.setattr(C, "_SUB_ELEMS", _SMALL_SUB)
+    ref = _one_device_labels()  # meanwhile
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        line = [ln for ln in out.splitlines() if ln.startswith("LABELS")]
+        assert p.returncode == 0 and line, out[-3000:]
+        _, pid, n_dev, *lab = line[0].split()
+        assert (int(pid), int(n_dev)) == (i, 4)
+        np.testing.assert_array_equal(np.array(lab, np.int64), ref)
+
+
+def test_bench_kmeans_rows_on_tiny_sizes(monkeypatch, capsys):
+    """emosup.bench's k-means rows, each size's child run in-process instead of a fresh
+    interpreter: the figures come back, and our labels equal scikit-learn's per speaker."""
+    import contextlib
+    import io
+    import subprocess
+
+    from emosup import bench
+
+    real_run = subprocess.run
+
+    def fake_run(cmd, **kwargs):
+        if "bench._kmeans_child(" not in cmd[-1]:
+            return real_run(cmd, **kwargs)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            exec(cmd[-1], {})
+        return subprocess.CompletedProcess(cmd, 0, buf.getvalue(), "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    # Two sizes whose speakers, for every k, fill one padded shape: 3 programs to compile.
+    rows = bench.bench_kmeans(sizes=(400, 480), n_speakers=40, dim=16, k=3, repeats=1, cap_s=60.0,
+                              silhouette_sizes=(400,), target_size=480)
+    out = capsys.readouterr().out
+    assert [r["mode"] for r in rows] == ["fixed", "fixed", "silhouette"]
+    for r in rows[:2]:
+        assert r["reference_status"] == "ok" and r["reference_s"] > 0 and r["emosup_s"] > 0
+        n_eq, n_spk = map(int, r["labels_equal_speakers"].split("/"))
+        assert n_eq == n_spk > 0
+        assert r["peak_rss_mb"] >= r["rss_after_data_mb"] > 0
+    assert isinstance(rows[1]["meets_target"], bool) and "target >= 10x" in out
+    assert rows[1]["target"].startswith(">= 10x") and "meets_target" not in rows[0]
+    assert 0 < rows[1]["ratio_spread"][0] <= rows[1]["ratio_spread"][1]
+    assert "growth, ms per 1k utterances" in out and "0k:" not in out.split("growth")[1][:10]
+    assert set(rows[2]["k_counts"]) == {"2", "3", "4", "5", "6"}

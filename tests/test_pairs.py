@@ -189,6 +189,39 @@ def test_silhouettes_equal_sklearn():
     assert np.isnan(got[1, 2]) and np.isnan(got[1, 3])
 
 
+def test_silhouettes_float32_sharded_match_sklearn():
+    """float32 embeddings (what build_pair_table passes) take the device path: speakers
+    sharded over the 8 fake devices, the same numbers on 1 device, sklearn's to float32."""
+    import jax
+
+    from emosup import parallel
+
+    rng = np.random.default_rng(2)
+    sizes = [20, 17, 13, 10, 3, 2, 1, 9, 33, 6, 12]  # 11 speakers: not a multiple of 8
+    spk = np.repeat(np.arange(11), sizes)
+    x = rng.normal(size=(len(spk), 5)).astype(np.float32)
+    lab_a = rng.integers(0, 3, len(spk))
+    lab_b = lab_a.copy()
+    lab_b[spk == 2] = 0  # one cluster: undefined
+    lab_b[spk == 3] = np.arange(10)  # all distinct: undefined
+    spk[[0, 1]] = -1  # not used
+    got = P._silhouettes(x, spk, 12, [lab_a, lab_b])
+    one = P._silhouettes(x, spk, 12, [lab_a, lab_b], mesh=parallel.make_mesh(jax.devices()[:1]))
+    np.testing.assert_array_equal(got, one)
+    assert got.shape == (2, 12) and np.isnan(got[:, 11]).all()
+    checked = 0
+    for li, lab in enumerate([lab_a, lab_b]):
+        for s in range(11):
+            rows = spk == s
+            if 2 <= len(np.unique(lab[rows])) <= rows.sum() - 1:
+                ref = silhouette_score(x[rows].astype(np.float64), lab[rows])
+                np.testing.assert_allclose(got[li, s], ref, rtol=0, atol=2e-6)
+                checked += 1
+            else:
+                assert np.isnan(got[li, s])
+    assert checked >= 12 and np.isnan(got[1, 2]) and np.isnan(got[1, 3])
+
+
 def test_storage_round_trips(tmp_path):
     t = P.build_pair_table(X, SPK, k=4, num_negatives=3, cross_speaker_negatives=1, version=5)
     arrays = t.to_arrays()

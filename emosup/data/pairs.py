@@ -206,33 +206,50 @@ def _speaker_index(speakers, n: int):
     return index, names.tolist(), missing
 
 
-def _silhouettes(xs, spk, s_count: int, labels_by_k: Sequence[np.ndarray], budget: int = 1 << 24):
+def _silhouettes(xs, spk, s_count: int, labels_by_k: Sequence[np.ndarray], budget: int = 1 << 24,
+                 mesh=None):
     """Per-speaker mean euclidean silhouette for several labelings -> [len(labels_by_k), S].
 
     xs [N, D] (rows with spk >= 0 are used), spk int [N] in 0..S-1 (S = s_count). Same definition as
     scikit-learn's silhouette_score (a point alone in its cluster scores 0; 0/0 -> 0); NaN
-    where undefined (fewer than 2 or all-distinct clusters). Speakers are batched, padded to
-    powers of two, in float64; the distance matrix is computed once for every labeling.
+    where undefined (fewer than 2 or all-distinct clusters). float32 xs (what build_pair_table
+    passes): on the devices of ``mesh`` in float32, speakers sharded
+    (cluster._silhouettes_by_rows). Other xs: on the host in float64, speakers batched and
+    padded to powers of two. Either way the distance matrix is computed once for every labeling.
     """
     out = np.full((len(labels_by_k), s_count), np.nan)
-    names, groups = cluster._speaker_groups(spk[spk >= 0])
-    rows = np.nonzero(spk >= 0)[0]
-    groups = [rows[g] for g in groups]
-    x64 = xs.astype(np.float64)
-    sizes = np.array([len(g) for g in groups])
-    order, i = np.argsort(-sizes, kind="stable"), 0
-    while i < len(order):
-        m = 1 << int(np.ceil(np.log2(max(int(sizes[order[i]]), 1))))
+    used = np.nonzero(spk >= 0)[0]
+    names, order, starts, sizes = cluster._speaker_rows(spk[used])
+    order = used[order]  # rows of xs, grouped by speaker
+    if np.asarray(xs).dtype == np.float32:
+        labels = [np.maximum(np.asarray(lab), 0) for lab in labels_by_k]  # unused rows: -1
+        out[:, names] = cluster._silhouettes_by_rows(xs, order, starts, sizes, labels, mesh, budget)
+        return out
+    by_size, i = np.argsort(-sizes, kind="stable"), 0
+    eye = {}
+    while i < len(by_size):
+        m = 1 << int(np.ceil(np.log2(max(int(sizes[by_size[i]]), 1))))
         cap = max(1, budget // (m * (m + xs.shape[1])))
-        ids = order[i:i + cap]
+        ids = by_size[i:i + cap]
         i += cap
-        x, mask, index = cluster._pad(x64, [groups[j] for j in ids], m)
-        sq = np.sum(x * x, axis=2)
-        d = np.sqrt(np.maximum(sq[:, :, None] + sq[:, None, :] - 2 * x @ x.transpose(0, 2, 1), 0))
-        d *= mask[:, None, :] * ~np.eye(m, dtype=bool)
+        # Pack in the input dtype, then widen only the packed rows (no float64 copy of xs).
+        x, mask = cluster._pack(xs, order, starts, sizes, ids, m)
+        x = x.astype(np.float64)
+        slot, pos, row = cluster._slots(order, starts, sizes, ids)
+        index = np.zeros(mask.shape, np.int64)
+        index[slot, pos] = row
+        sq = np.einsum("smd,smd->sm", x, x)
+        d = x @ x.transpose(0, 2, 1)  # -> pairwise distances, in place (few [s, m, m] temporaries)
+        d *= -2.0
+        d += sq[:, :, None]
+        d += sq[:, None, :]
+        np.sqrt(np.maximum(d, 0, out=d), out=d)
+        if m not in eye:
+            eye[m] = ~np.eye(m, dtype=bool)
+        d *= mask[:, None, :] & eye[m]
         n = mask.sum(axis=1)
         for li, labels in enumerate(labels_by_k):
-            lab = np.where(mask, labels[np.maximum(index, 0)], -1)
+            lab = np.where(mask, labels[index], -1)
             kk = int(lab.max()) + 1
             onehot = (lab[:, :, None] == np.arange(kk)).astype(np.float64)  # [s, m, k]
             cnt = onehot.sum(axis=1)  # [s, k]
@@ -280,7 +297,7 @@ def build_pair_table(embeddings, speakers, *, k: int | None = None,
                      k_range: Sequence[int] = (2, 3, 4, 5, 6), num_negatives: int = 4,
                      cross_speaker_negatives: int = 0, seed: int = 0, version: int = 0,
                      min_utterances: int | None = None,
-                     allow_single_speaker: bool = False) -> PairTable:
+                     allow_single_speaker: bool = False, mesh=None) -> PairTable:
     """Cluster each speaker and draw anchors, positives and negatives -> PairTable.
 
     embeddings [N, D] float (finite); speakers (N,) labels (None / "" / NaN = unknown: such
@@ -291,6 +308,8 @@ def build_pair_table(embeddings, speakers, *, k: int | None = None,
     definition in PAPER.md). min_utterances: speakers with fewer are not clustered (default
     2*k, or 2*min(k_range) = 4 when k is None). allow_single_speaker: a corpus whose rows all
     carry one speaker label is refused unless this is set (it usually means "no labels").
+    mesh: devices the per-speaker k-means and silhouettes are sharded over (default: this
+    process's devices; see emosup.cluster); the table does not depend on it.
 
     Every clustered utterance in a cluster of >= 2 is an anchor (ascending row order); its
     positive is uniform over the rest of its cluster; its K-c negatives are uniform without
@@ -307,7 +326,7 @@ def build_pair_table(embeddings, speakers, *, k: int | None = None,
     if x.ndim != 2 or x.shape[0] == 0 or x.dtype.kind not in "fiu":
         raise ValueError(f"pairs.py: embeddings must be a non-empty numeric [N, D] array, got "
                          f"shape {x.shape} dtype {x.dtype}")
-    x = x.astype(np.float32)
+    x = np.asarray(x, dtype=np.float32)  # no copy of float32 input: only xs below is kept
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise ValueError(f"pairs.py: embeddings row {int(np.nonzero(bad)[0][0])} is not finite "
@@ -349,15 +368,17 @@ def build_pair_table(embeddings, speakers, *, k: int | None = None,
     k_per = np.zeros(s_count, np.int32)
     if len(rows):
         by_k = []
+        x_rows = xs if len(rows) == n else xs[rows]  # one copy for every k (if any)
         for kk in ks:
             lab = np.full(n, -1, np.int64)
-            lab[rows] = cluster.per_speaker_kmeans(xs[rows], spk[rows], kk, seed=kseed,
-                                                   l2_normalize=False)
+            lab[rows] = cluster.per_speaker_kmeans(x_rows, spk[rows], kk, seed=kseed,
+                                                   l2_normalize=False, mesh=mesh, k_max=max(ks))
             by_k.append(lab)
+        del x_rows
         choice = np.zeros(s_count, np.int64)
         if len(ks) > 1:
             used = np.where(eligible[np.maximum(spk, 0)] & (spk >= 0), spk, -1)
-            sil = _silhouettes(xs, used, s_count, by_k)
+            sil = _silhouettes(xs, used, s_count, by_k, mesh=mesh)
             # NaN (undefined) loses to any score; argmax takes the first = the smaller k on ties.
             choice = np.argmax(np.where(np.isnan(sil), -np.inf, sil), axis=0)
         k_per[eligible] = np.asarray(ks)[choice][eligible]
