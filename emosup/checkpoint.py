@@ -108,6 +108,33 @@ def export_encoder(out_dir, model_config, variables):
     write_model_json(out_dir, model_config)
 
 
+def numpy_target(tree_metadata):
+    """numpy arrays of the saved shapes/dtypes: restoring into them gives host arrays on any
+    process, whatever devices (and processes) wrote the checkpoint."""
+    return jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), dict(tree_metadata))
+
+
+def restore_variables(path):
+    """The pytree of an Orbax StandardCheckpointer folder (`variables/`), as numpy arrays."""
+    checkpointer = ocp.StandardCheckpointer()
+    meta = checkpointer.metadata(path)
+    return checkpointer.restore(path, numpy_target(getattr(meta, "item_metadata", meta)))
+
+
+def restore_state(ckpt_dir):
+    """(step, train state as numpy arrays) of the latest checkpoint in `ckpt_dir` — readable
+    in any job, e.g. one process reading what a multi-host run wrote."""
+    manager = ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler()})
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise CheckpointError(f"{ckpt_dir} holds no finished checkpoint")
+        target = numpy_target(manager.item_metadata(step)["state"])
+        return step, manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+    finally:
+        manager.close()
+
+
 def load_encoder_variables(directory):
     """(model_config, {"params", "batch_stats"}) of the encoder stored in `directory`.
 
@@ -117,7 +144,7 @@ def load_encoder_variables(directory):
     directory = pathlib.Path(directory).absolute()
     model_config = read_model_json(directory)
     if (directory / "variables").is_dir():
-        variables = ocp.StandardCheckpointer().restore(directory / "variables")
+        variables = restore_variables(directory / "variables")
         params, stats = variables["params"], variables.get("batch_stats", {})
         if "ser_head" in params:  # a fine-tuned model: encoder + heads (wav2vec2 has its own `encoder`)
             params, stats = params["encoder"], stats.get("encoder", {})
@@ -125,13 +152,7 @@ def load_encoder_variables(directory):
     ckpt_dir = directory / "checkpoints"
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"{directory} has {MODEL_JSON} but neither variables/ nor checkpoints/")
-    manager = ocp.CheckpointManager(ckpt_dir)
-    step = manager.latest_step()
-    if step is None:
-        raise CheckpointError(f"{ckpt_dir} holds no finished checkpoint")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    manager.close()
-    state = restored.state
+    step, state = restore_state(ckpt_dir)
     try:
         params = state["params"]["encoder"]
         batch_stats = state["batch_stats"].get("encoder", {})

@@ -31,9 +31,7 @@ def load_model(directory):
         raise checkpoint.CheckpointError(
             f"{directory} holds no emotion head (model.json has no 'ser'): give a folder written by "
             "fine-tuning (configs/finetune.py), not a pretrained encoder")
-    import orbax.checkpoint as ocp
-
-    variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(directory), "variables"))
+    variables = checkpoint.restore_variables(os.path.join(os.path.abspath(directory), "variables"))
     enc = Encoder(model_config=model_config, variables={
         "params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]})
     head = SerHead(num_classes=len(ser["classes"]), num_dims=len(ser["dimensions"]), hidden=ser["head_hidden"])
