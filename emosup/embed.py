@@ -144,8 +144,13 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
 
     Rows of files that cannot be read are NaN with valid=False; they are logged in
     `skip_log` (a pipeline.SkipLog) and counted, never fatal.
+
+    On several hosts (and `mesh=None`) each host embeds its share of the batches on its own
+    devices and every host receives every row (an all-gather); a `mesh` given explicitly is
+    used as is, so pass `parallel.local_mesh()` to have one host embed everything alone.
     """
-    mesh = parallel.make_mesh() if mesh is None else mesh
+    hosts = jax.process_count() if mesh is None else 1
+    mesh = (parallel.local_mesh() if hosts > 1 else parallel.make_mesh()) if mesh is None else mesh
     skip_log = pipeline.SkipLog() if skip_log is None else skip_log
     n = len(paths)
     lengths, _ = pipeline.scan_utterances(paths, skip_log)
@@ -173,7 +178,8 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
             return None
 
     with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
-        chunks = [order[s:s + batch] for s in range(0, len(order), batch)]
+        all_chunks = [order[s:s + batch] for s in range(0, len(order), batch)]
+        chunks = all_chunks[jax.process_index()::hosts]  # this host's share (all of them on one host)
         # Decode a few batches ahead, never the whole corpus (memory stays bounded).
         ahead = collections.deque(pool.submit(lambda c=c: [load(i) for i in c]) for c in chunks[:3])
         for b, idx in enumerate(chunks):
@@ -198,12 +204,35 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
             done += len(idx)
             if progress and time.time() - t_log > 10:
                 rate = done / (time.time() - t_start)
-                logging.info("embed: %d/%d utterances, %.1f utt/s, ETA %.0fs", done, len(order), rate,
-                             (len(order) - done) / max(rate, 1e-9))
+                todo = sum(len(c) for c in chunks)  # this host's share
+                logging.info("embed: %d/%d utterances, %.1f utt/s, ETA %.0fs", done, todo, rate,
+                             (todo - done) / max(rate, 1e-9))
                 t_log = time.time()
-    if len(skip_log):
+    if hosts > 1:
+        emb, stats, valid = _gather_host_shares(all_chunks, hosts, emb, stats, valid)
+    if len(skip_log) or (hosts > 1 and (~valid).any()):
         logging.warning("embed: %d of %d utterances could not be read and were skipped", int((~valid).sum()), n)
     return emb, stats, valid
+
+
+def _gather_host_shares(all_chunks, hosts, *arrays):
+    """Every host's rows of `arrays` to every host: host p computed the rows of chunks p, p+H, ..."""
+    from jax.experimental import multihost_utils
+
+    rows = [np.asarray([i for c in all_chunks[p::hosts] for i in c], np.int64) for p in range(hosts)]
+    width = max(1, max(len(r) for r in rows))
+    mine = rows[jax.process_index()]
+    packed = []
+    for a in arrays:
+        buf = np.zeros((width,) + a.shape[1:], a.dtype)
+        buf[:len(mine)] = a[mine]
+        packed.append(buf)
+    gathered = [np.asarray(g) for g in multihost_utils.process_allgather(tuple(packed))]  # each [hosts, width, ...]
+    out = [a.copy() for a in arrays]
+    for p in range(hosts):
+        for o, g in zip(out, gathered):
+            o[rows[p]] = g[p, :len(rows[p])]
+    return tuple(out)
 
 
 def main(argv):

@@ -18,3 +18,12 @@ def setup():
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
         handler.addFilter(_QuietLibraries())
+
+
+def quiet_other_processes():
+    """Only process 0 of a multi-host job logs progress; the others keep warnings and errors."""
+    import jax
+
+    if jax.process_index() > 0:
+        logging.set_verbosity(logging.WARNING)
+        std_logging.getLogger("absl").setLevel(std_logging.WARNING)

@@ -12,6 +12,7 @@ DATA_AXIS = "data"
 
 
 def make_mesh(devices=None):
+    """Mesh over `devices` (default: every device of every process)."""
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
@@ -26,7 +27,11 @@ def batch_sharded(mesh):
 
 def local_batch_size(global_batch_size, mesh):
     """Rows this process feeds; the global batch must split evenly over devices and hosts."""
-    n_dev = mesh.devices.size
+    n_dev, hosts = mesh.devices.size, jax.process_count()
+    if global_batch_size % hosts:
+        raise ValueError(
+            f"batch_size={global_batch_size} is not divisible by the {hosts} hosts (processes) of the "
+            f"job: every host feeds the same number of rows; choose a multiple of {hosts * jax.local_device_count()}")
     if global_batch_size % n_dev:
         raise ValueError(
             f"batch_size={global_batch_size} is not divisible by the {n_dev} devices of the "
@@ -38,6 +43,12 @@ def to_global(tree, mesh):
     """Host-local numpy batch (leading axis = this process's rows) → global sharded arrays."""
     sharding = batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+
+
+def local_mesh():
+    """Mesh over this process's devices only: work that each host does on its own (no
+    cross-host collective), e.g. embedding its share of the utterances."""
+    return make_mesh(jax.local_devices())
 
 
 def replicate(tree, mesh):

@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from flax.training import train_state
 from ml_collections import config_flags
 
-from emosup import audio, checkpoint, logs, optim, parallel, tasks
+from emosup import audio, checkpoint, distributed, logs, optim, parallel, tasks
 from emosup.data import corpus as corpus_lib
 from emosup.data import manifest as manifest_lib
 from emosup.data import pairs as pairs_lib
@@ -207,6 +207,8 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     `embedding_cache` is passed to `build_pair_table`.
     """
     validate(config)
+    # Every host must run the same job; a difference would silently desynchronise them.
+    distributed.check_same("the config", config.to_dict())
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -275,13 +277,18 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     if tasks.uses_pairs(config.objective):
         if tables is None:
             tables = [build_pair_table(config, paths, labels, lengths, skip_log, embedding_cache)]
-        build_fn = refresh_builder(config, model_config, paths, labels, lengths, skip_log, mesh) if refresh else None
+        # Rebuilt tables are computed by every host alone on its own devices: the service's
+        # thread must not run collectives that could interleave with the train step's.
+        build_fn = refresh_builder(config, model_config, paths, labels, lengths, skip_log,
+                                   parallel.local_mesh() if jax.process_count() > 1 else mesh) if refresh else None
         service = pairs_lib.PairService(build_fn, refresh_every=refresh, initial=tables[0])
         for t in tables[1:]:
             service.publish(t)
         for t in tables:
             logging.info("pairs: table v%d, %d anchors, %d negatives each (fingerprint %s)",
                          t.version, len(t), t.num_negatives, t.fingerprint()[:12])
+        distributed.check_same("the pair tables (versions and contents) at step %d" % start_step,
+                               [start_step] + [t.fingerprint() for t in tables])
         if refresh:
             logging.info("pairs: rebuilt every %d steps from the encoder being trained, in the "
                          "background; table v is used from step (v+1)·%d", refresh, refresh)
@@ -298,6 +305,8 @@ def run(config, workdir, corpus=None, embedding_cache=None):
             return pipeline.crop_batches(paths, labels, lengths, start_step=step, num_steps=end, **common), end
         end = min((step // refresh + 1) * refresh, config.total_steps) if refresh else config.total_steps
         table = service.table_for_step(step)
+        if refresh:  # each host rebuilt it alone: they must agree before reading rows of it
+            distributed.check_same(f"pair table v{table.version}", table.fingerprint())
         return pipeline.pair_batches(paths, labels, lengths, table, start_step=step, num_steps=end,
                                      **common), end
 
@@ -372,6 +381,8 @@ def run(config, workdir, corpus=None, embedding_cache=None):
 def main(argv):
     del argv
     logs.setup()
+    distributed.initialize_from_flags(FLAGS)
+    logs.quiet_other_processes()
     if FLAGS.config.get("stage") == "finetune":
         from emosup import finetune
 
@@ -385,4 +396,5 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
     flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
     flags.mark_flags_as_required(["config", "workdir"])
+    distributed.define_flags()
     app.run(main)

@@ -92,7 +92,16 @@ def open_corpus(data_cfg, workdir=None):
     if not out:
         raise ValueError("config.data.synthetic_dir is empty and no workdir was given")
     syn_cfg = synthetic.SyntheticConfig(**data_cfg.synthetic.to_dict())
-    path = synthetic.generate(pathlib.Path(out).expanduser().absolute(), syn_cfg)
+    out = pathlib.Path(out).expanduser().absolute()
+    if jax.process_count() > 1:
+        # Process 0 writes the corpus first; the others then find it cached (shared file
+        # system) or write their own copy (host-local disks): never two writers in one folder.
+        from emosup import distributed
+
+        if jax.process_index() == 0:
+            synthetic.generate(out, syn_cfg)
+        distributed.barrier("emosup-synthetic-corpus")
+    path = synthetic.generate(out, syn_cfg)
     m = manifest_lib.read_manifest(path, allowed_splits=synthetic.SYNTHETIC_SPLITS)
     return Corpus(name="synthetic", manifest=m, manifest_path=str(path), train_split="unlabelled",
                   study_split="test", splits=tuple(synthetic.SYNTHETIC_SPLITS), finetune_split="labelled")
