@@ -278,3 +278,43 @@ def test_build_and_config_errors():
         EcapaTdnn(kernel_sizes=(5, 3, 3, 1)).init(jax.random.PRNGKey(0), x)
     with pytest.raises(ValueError, match=r"expected feats \[B, T, 80\], got \(1, 20, 40\)"):
         EcapaTdnn().init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 40)))
+
+
+@pytest.mark.parametrize("k,dilation,per_utterance", [(1, 1, False), (3, 2, False), (3, 3, True)])
+def test_conv1d_context_equals_concatenated_input(k, dilation, per_utterance):
+    """Conv1d's time-invariant `context` input (used by attentive pooling for [x, mean, std])
+    gives what the same layer gives on x with the context broadcast over time and
+    concatenated after x's channels; its parameters are nn.Conv's (names, shapes, values)."""
+    import flax.linen as nn
+
+    from emosup.models.layers import Conv1d
+
+    rng = np.random.default_rng(k + dilation)
+    b, t, c_x, c_ctx, f = 3, 17, 6, 4, 5
+    x = jnp.asarray(rng.standard_normal((b, t, c_x)), jnp.float32)
+    ctx = jnp.asarray(rng.standard_normal((b, c_ctx)), jnp.float32)
+    valid = jnp.array([17, 12, 9]) if per_utterance else None
+    full = jnp.concatenate([x, jnp.broadcast_to(ctx[:, None, :], (b, t, c_ctx))], axis=-1)
+    layer = Conv1d(f, k, dilation)
+    variables = layer.init(jax.random.PRNGKey(0), full, valid)
+    with_ctx = layer.apply(variables, x, valid, ctx)
+    concat = layer.apply(variables, full, valid)
+    assert with_ctx.shape == (b, t, f)
+    np.testing.assert_allclose(np.asarray(with_ctx), np.asarray(concat), rtol=1e-5, atol=1e-5)
+    # The same rng gives the same parameters as flax's own nn.Conv in a child named "conv"...
+    class Reference(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Conv(f, (k,), kernel_dilation=(dilation,), padding="VALID", name="conv")(x)
+
+    pad = (dilation * (k - 1)) // 2
+    padded = jnp.pad(full, ((0, 0), (pad, pad), (0, 0)), mode="reflect")
+    ref_vars = Reference().init(jax.random.PRNGKey(0), padded)
+    assert jax.tree.structure(variables) == jax.tree.structure(ref_vars)
+    assert variables["params"]["conv"]["kernel"].shape == (k, c_x + c_ctx, f)
+    for a, r in zip(jax.tree.leaves(variables), jax.tree.leaves(ref_vars)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(r))
+    # ... and, without a context, nn.Conv's output on the reflect-padded input.
+    np.testing.assert_allclose(np.asarray(layer.apply(variables, full)),
+                               np.asarray(Reference().apply(ref_vars, padded)),
+                               rtol=1e-6, atol=1e-6)

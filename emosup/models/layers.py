@@ -73,16 +73,25 @@ def reflect_pad_per_utterance(x: Array, pad: int, valid: Array) -> Array:
     return jnp.take_along_axis(x, idx[:, :, None], axis=1)
 
 
-class Conv1d(nn.Module):
-    """SpeechBrain ``Conv1d`` (stride 1, ``padding="same"``, ``padding_mode="reflect"``).
+class _ConvKernel(nn.Module):
+    """The ``conv`` submodule of ``Conv1d``: ``nn.Conv``'s parameters, plus a time-invariant input.
 
-    Flax ``padding='SAME'`` pads with zeros, so we reflect-pad explicitly and run a VALID
-    convolution. The kernel lives in an inner module named ``conv`` (see module docstring):
-    kernel ``[k, C_in, C_out]`` == torch weight ``[C_out, C_in, k]`` transposed.
+    Parameters are exactly those ``nn.Conv(features, (k,))`` creates (same names, shapes and
+    initialisers: ``kernel [k, C_in, C_out]`` lecun-normal, ``bias [C_out]`` zeros, so the
+    same rng gives the same values), so checkpoints and converters are unaffected.
 
-    Call: ``x [B, T, C_in] -> [B, T, features]``. ``valid`` (int ``[B]``) switches to
-    per-utterance reflection (see ``reflect_pad_per_utterance``); None = SpeechBrain's
-    reflection at the padded array's edges.
+    Call: ``x [B, T + dilation * (k - 1), C_x]`` (already padded; a VALID convolution) and
+    optional ``context [B, C_ctx]`` -> ``[B, T, C_out]``, with C_in = C_x + C_ctx. The result
+    equals the convolution of ``concat([x, broadcast(context over time)], -1)``, but the
+    context's share, identical in every frame, is one ``[B, C_ctx] @ [C_ctx, C_out]``
+    product instead of T of them. ECAPA's attentive pooling feeds ``[x, mean, std]`` to a
+    ``3C -> 128`` layer; this cuts that layer's multiply-adds by 2/3 and never builds the
+    ``[B, T, 3C]`` concatenation (measured on the ECAPA train step, CPU time per step on
+    one core: c512 -6%, c1024 -7%, tiny -11%).
+
+    ``x`` goes through ``lax.conv_general_dilated`` (XLA turns k=1 into a GEMM): on CPU
+    (jax 0.10.2) it measured as fast or faster per core than a matmul formulation (k stacked
+    taps @ [k*C_in, C_out], or a sum of k tap matmuls) for every ECAPA layer and preset.
     """
 
     features: int
@@ -91,21 +100,65 @@ class Conv1d(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Array, valid: Optional[Array] = None) -> Array:
+    def __call__(self, x: Array, context: Optional[Array] = None) -> Array:
+        c_x = x.shape[-1]
+        c_in = c_x + (0 if context is None else context.shape[-1])
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),  # nn.Conv's default kernel_init
+            (self.kernel_size, c_in, self.features),
+            jnp.float32,
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel[:, :c_x],
+            window_strides=(1,),
+            padding="VALID",
+            rhs_dilation=(self.dilation,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        if context is not None:
+            # Every tap sees the same context vector, so the taps' kernels add up.
+            ctx_kernel = jnp.sum(kernel[:, c_x:], axis=0)              # [C_ctx, C_out]
+            y = y + (context.astype(y.dtype) @ ctx_kernel)[:, None, :]
+        return y + bias
+
+
+class Conv1d(nn.Module):
+    """SpeechBrain ``Conv1d`` (stride 1, ``padding="same"``, ``padding_mode="reflect"``).
+
+    Flax ``padding='SAME'`` pads with zeros, so we reflect-pad explicitly and run a VALID
+    convolution. The kernel lives in an inner module named ``conv`` (see module docstring):
+    kernel ``[k, C_in, C_out]`` == torch weight ``[C_out, C_in, k]`` transposed.
+
+    Call: ``x [B, T, C_x] -> [B, T, features]``. ``valid`` (int ``[B]``) switches to
+    per-utterance reflection (see ``reflect_pad_per_utterance``); None = SpeechBrain's
+    reflection at the padded array's edges. ``context`` (``[B, C_ctx]``, optional) is an
+    input constant over time: the result equals the layer applied to ``x`` with ``context``
+    broadcast over time and concatenated after its channels (the kernel has
+    C_x + C_ctx input channels), computed without building that concatenation.
+    """
+
+    features: int
+    kernel_size: int
+    dilation: int = 1
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(
+        self, x: Array, valid: Optional[Array] = None, context: Optional[Array] = None
+    ) -> Array:
         pad = same_padding(self.kernel_size, self.dilation)
         if pad:
             if valid is None:
                 x = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)), mode="reflect")
             else:
                 x = reflect_pad_per_utterance(x, pad, valid)
-        return nn.Conv(
-            self.features,
-            kernel_size=(self.kernel_size,),
-            kernel_dilation=(self.dilation,),
-            padding="VALID",
-            dtype=self.dtype,
-            name="conv",
-        )(x)
+        return _ConvKernel(
+            self.features, self.kernel_size, self.dilation, dtype=self.dtype, name="conv"
+        )(x, context)
 
 
 class BatchNorm1d(nn.Module):
