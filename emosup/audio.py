@@ -274,7 +274,11 @@ def fbank(wavs, valid_frames=None) -> jax.Array:
     as SpeechBrain does on a padded batch. Jit-compatible (shapes are static).
 
     Uses ``jnp.fft.rfft``: on CPU for (8, 48000) it measured ~1.8 ms vs ~3.8 ms for a
-    [400, 402] matmul DFT (jax 0.10.2, 2 cores), so the FFT is kept.
+    [400, 402] matmul DFT (jax 0.10.2, 2 cores), so the FFT is kept. Also measured and not
+    kept (same input, CPU time): frames as three hop-sized slices of a reshaped signal
+    (0.71 ms vs 0.32 ms for the gather), the batch split in two independent halves (no
+    gain), and the mel product split into bands of bins x the filters they touch (no
+    consistent gain over one dense [201, 80] product).
 
     valid_frames (optional int [B]): take each row's dB floor over its first valid_frames
     frames only, so a row padded at the end gets the floor its unpadded audio would get.

@@ -1,0 +1,117 @@
+"""emosup.bench pieces that do not need timing: XLA FLOP counting, MFU and the row structure
+of the ECAPA and Fbank groups (tiny sizes; no assertion is about speed)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emosup import bench
+
+
+def _compiled_matmul(m, k, n, dtype=jnp.float32):
+    a = jnp.ones((m, k), dtype)
+    b = jnp.ones((k, n), dtype)
+    return jax.jit(lambda a, b: a @ b).lower(a, b).compile()
+
+
+@pytest.mark.parametrize("m,k,n", [(64, 32, 16), (7, 300, 5)])
+def test_compiled_flops_of_a_matmul_is_2mnk(m, k, n):
+    assert bench._compiled_flops(_compiled_matmul(m, k, n)) == 2 * m * n * k
+
+
+def test_mfu_uses_the_device_peak_table():
+    compiled = _compiled_matmul(128, 64, 32)
+    flops = 2 * 128 * 64 * 32
+    assert bench._mfu(compiled, 1e-3, device_kind="NVIDIA H100 80GB HBM3") == pytest.approx(
+        flops / 1e-3 / 989e12)
+    assert bench._mfu(compiled, 1e-3, device_kind="NVIDIA H100 PCIe") == pytest.approx(
+        flops / 1e-3 / 756e12)
+    assert bench._mfu(compiled, 2e-3, device_kind="NVIDIA H200") == pytest.approx(
+        flops / 2e-3 / 989e12)
+    assert bench._mfu(compiled, 1e-3, device_kind="NVIDIA A100-SXM4-80GB") == pytest.approx(
+        flops / 1e-3 / 312e12)
+    # Unknown devices (this CPU included) and unusable timings give no MFU.
+    assert bench._mfu(compiled, 1e-3, device_kind="NVIDIA GeForce GTX 1080") is None
+    assert bench._mfu(compiled, 1e-3) is None  # jax.devices()[0] is a CPU here
+    assert bench._mfu(compiled, 0.0, device_kind="NVIDIA H100 80GB HBM3") is None
+
+
+def test_compiled_flops_without_a_cost_analysis_is_none():
+    class NoCost:
+        def cost_analysis(self):
+            raise NotImplementedError
+
+    class Empty:
+        def cost_analysis(self):
+            return [{}]
+
+    class Listed:  # older jax returned one dict per executable
+        def cost_analysis(self):
+            return [{"flops": 12.0}]
+
+    assert bench._compiled_flops(NoCost()) is None
+    assert bench._compiled_flops(Empty()) is None
+    assert bench._compiled_flops(Listed()) == 12.0
+    assert bench._mfu(NoCost(), 1.0, device_kind="NVIDIA H100 80GB HBM3") is None
+
+
+def _check_paired(row, reference):
+    assert row["reference"].startswith(reference)
+    assert row["repeats"] == 2
+    assert 0 < row["emosup_spread_s"][0] <= row["emosup_s"] <= row["emosup_spread_s"][1]
+    assert 0 < row["reference_spread_s"][0] <= row["reference_s"] <= row["reference_spread_s"][1]
+    assert row["ratio"] == pytest.approx(row["reference_s"] / row["emosup_s"])
+    assert row["ratio_quartiles"][0] <= row["ratio_quartiles"][1]
+
+
+def test_bench_fbank_rows(one_torch_thread):
+    rows = bench.bench_fbank(batch=2, seconds=0.5, repeats=2)
+    assert [r["reference"].split(" ")[0] for r in rows] == ["SpeechBrain", "librosa"]
+    assert all(r["name"] == "Fbank 80 mels B=2 0.5s" for r in rows)
+    for r, ref in zip(rows, ("SpeechBrain Fbank", "librosa")):
+        _check_paired(r, ref)
+    assert rows[0]["target"].startswith(">= 3x SpeechBrain Fbank")
+    assert rows[0]["meets_target"] == (rows[0]["ratio"] >= 3.0)
+    assert "target" not in rows[1]
+
+
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """PyTorch on one thread (bench uses os.cpu_count()): on a loaded test machine its
+    multi-threaded CPU kernels can take seconds per call; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bench_ecapa_row_has_target_for_c512_and_c1024_only(one_torch_thread):
+    # conftest gives 8 CPU devices: the batch is sharded over them, so B = 8.
+    rows = bench.bench_ecapa(["tiny"], batch=8, seconds=0.25, repeats=2)
+    (row,) = rows
+    assert row["name"] == "ECAPA train step [tiny] B=8 0.25s"
+    _check_paired(row, "SpeechBrain ECAPA_TDNN (PyTorch, cpu)")
+    assert row["compile_s"] > 0
+    assert "target" not in row and "mfu" not in row  # tiny has no target; no GPU here
+    assert set(bench.ECAPA_TARGETS) == {"c512", "c1024"}
+
+
+def test_bfloat16_ecapa_step_runs_and_counts_flops():
+    """The GPU-only bf16 row's pieces, on CPU: the step compiles with EcapaTdnn
+    dtype=bfloat16, its loss is finite and XLA counts its FLOPs, so the row's MFU is defined
+    wherever the device's peak is known."""
+    b, n = 8, 4000
+    wavs = bench._speechlike(b, n)
+    labels = np.arange(b, dtype=np.int32) % 4
+    run, compile_s, compiled = bench._jax_ecapa_step("tiny", wavs, labels, 4, jnp.bfloat16)
+    assert compile_s > 0
+    metrics = run()
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
+    flops = bench._compiled_flops(compiled)
+    assert flops is not None and flops > 1e7  # per device: the batch is sharded over 8
+    assert bench._mfu(compiled, 1.0, device_kind="NVIDIA H100 80GB HBM3") == pytest.approx(
+        flops / 989e12)
+    text = compiled.as_text()
+    assert "bf16" in text  # the convolutions really run in bfloat16
