@@ -140,6 +140,9 @@ def _batches(load, shapes, local_batch, start_step, num_steps, num_parallel):
         return dict(zip(names, out))
 
     ds = tf.data.Dataset.range(start_step * local_batch, num_steps * local_batch)
+    # Plain Python calling numpy: nothing for AutoGraph to convert (its attempt only inspects
+    # every loaded module, and warns when one, e.g. SpeechBrain's lazy k2 import, fails).
+    tf_load = tf.autograph.experimental.do_not_convert(tf_load)
     ds = ds.map(tf_load, num_parallel_calls=num_parallel or tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
