@@ -1,7 +1,7 @@
 """Speed, side by side with the references, in one process on one machine.
 
   python -m emosup.bench [--presets=tiny,c512,c1024] [--out=bench.json] [--quick] [--only=w2v2]
-                         [--pipeline_presets=tiny,c512]
+                         [--pipeline_presets=tiny,c512] [--profile_dir=DIR]
 
 Rows (each: emosup time, reference time, ratio = reference / emosup, > 1 means emosup is faster):
 * ECAPA train step (Fbank + mean norm + ECAPA + AAM-softmax + Adam update), Flax/jit vs
@@ -23,7 +23,9 @@ Rows (each: emosup time, reference time, ratio = reference / emosup, > 1 means e
 * tf.data pipeline (group `pipeline`): batch rows/s that `crop_batches` / `pair_batches`
   deliver from WAV files vs rows/s the jitted train step of the same objective and batch
   consumes (ECAPA `--pipeline_presets`); ratio = pipeline rate / step rate, target >= 3x.
-`--only=fbank,kmeans,ecapa,w2v2,pipeline` runs just those groups of rows (default: all).
+`--only=fbank,kmeans,ecapa,w2v2,pipeline` runs just those groups of rows (default: all);
+`--profile_dir=DIR` also writes a jax.profiler trace of each group (DIR/<group>), the first
+thing to look at before optimising a row.
 Times are medians over repeated calls after warm-up (compile time is reported apart); rows
 with a target print MET / NOT MET, and the last lines count them.
 PyTorch, SpeechBrain and librosa are the test extras; rows whose reference is missing say so.
@@ -806,19 +808,25 @@ def main(argv):
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         raise app.UsageError(f"--only: unknown group(s) {unknown}; known: {','.join(GROUPS)}")
+    runs = {
+        "fbank": lambda: bench_fbank(batch=8, seconds=3.0, repeats=5 if quick else 20),
+        "kmeans": lambda: bench_kmeans(
+            sizes=(10_000, 100_000) if quick else (10_000, 100_000, 1_000_000), repeats=1 if quick else 3,
+            silhouette_sizes=(10_000,) if quick else (10_000, 100_000, 1_000_000)),
+        "ecapa": lambda: bench_ecapa(presets, batch=FLAGS.batch, seconds=FLAGS.seconds, repeats=2 if quick else 5),
+        "w2v2": lambda: bench_wav2vec2(quick),
+        "pipeline": lambda: bench_pipeline([p for p in FLAGS.pipeline_presets.split(",") if p], quick),
+    }
     rows = []
-    if "fbank" in groups:
-        rows += bench_fbank(batch=8, seconds=3.0, repeats=5 if quick else 20)
-    if "kmeans" in groups:
-        rows += bench_kmeans(sizes=(10_000, 100_000) if quick else (10_000, 100_000, 1_000_000),
-                             repeats=1 if quick else 3,
-                             silhouette_sizes=(10_000,) if quick else (10_000, 100_000, 1_000_000))
-    if "ecapa" in groups:
-        rows += bench_ecapa(presets, batch=FLAGS.batch, seconds=FLAGS.seconds, repeats=2 if quick else 5)
-    if "w2v2" in groups:
-        rows += bench_wav2vec2(quick)
-    if "pipeline" in groups:
-        rows += bench_pipeline([p for p in FLAGS.pipeline_presets.split(",") if p], quick)
+    for group in GROUPS:
+        if group not in groups:
+            continue
+        if FLAGS.profile_dir:  # a jax.profiler trace per group (TensorBoard's profile tab, Perfetto)
+            with jax.profiler.trace(os.path.join(FLAGS.profile_dir, group)):
+                rows += runs[group]()
+            print(f"profile of {group}: {os.path.join(FLAGS.profile_dir, group)}", flush=True)
+        else:
+            rows += runs[group]()
     meets = [r for r in rows if r.get("ratio") and r["ratio"] > 1.0]
     print(f"\n{len(meets)}/{len(rows)} rows: emosup faster than the reference")
     targeted = [r for r in rows if "meets_target" in r]
@@ -845,4 +853,6 @@ if __name__ == "__main__":
                         "pipeline (default: all)")
     flags.DEFINE_string("pipeline_presets", "tiny,c512", "ECAPA presets whose train step the "
                         "tf.data pipeline rows compare against")
+    flags.DEFINE_string("profile_dir", "", "if set, write a jax.profiler trace of each row group under "
+                        "DIR/<group> (view with TensorBoard's profile plugin or ui.perfetto.dev)")
     app.run(main)

@@ -115,3 +115,23 @@ def test_bfloat16_ecapa_step_runs_and_counts_flops():
         flops / 989e12)
     text = compiled.as_text()
     assert "bf16" in text  # the convolutions really run in bfloat16
+
+
+def test_the_command_writes_its_rows_and_a_profile_per_group(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    out, prof = tmp_path / "bench.json", tmp_path / "prof"
+    p = subprocess.run([sys.executable, "-m", "emosup.bench", "--only=fbank", "--quick", f"--out={out}",
+                        f"--profile_dir={prof}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["reference"].split(" ")[0] for r in rows] == ["SpeechBrain", "librosa"]
+    assert "rows meet their target" in p.stdout and f"profile of fbank: {prof / 'fbank'}" in p.stdout
+    assert list((prof / "fbank").glob("plugins/profile/*/*.xplane.pb"))  # a jax.profiler trace
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run([sys.executable, "-m", "emosup.bench", "--only=nope"], cwd=REPO, capture_output=True,
+                       check=True, timeout=120)
