@@ -139,11 +139,16 @@ def test_two_processes_train_like_one(objective, two_process_job, tmp_path, synt
     # Compared as whole trees (relative 2-norm): a leaf whose true gradient is zero, such as the
     # bias of the attentive pooling's logits (a softmax over time ignores it), moves by Adam's
     # normalised rounding noise, so leaf by leaf it may differ in sign; the Adam moments are
-    # left out for the same reason. Observed (speaker): 5e-5 for the parameters, nearly all of
-    # it that bias (4e-7 without it), 4e-7 for the statistics; 2 training steps move them by
-    # 1e-2 and 0.5, so a host's gradient or rows gone astray would show far above the bound.
-    for part in ("params", "batch_stats"):
-        assert _relative_distance(state_mp[part], state_ref[part]) < 1e-3, part
+    # left out for the same reason. Observed: speaker 5e-5 for the parameters, nearly all of it
+    # that bias (4e-7 without it), 4e-7 for the statistics; the objectives with a contrastive
+    # term drift more through the later steps (up to 4e-4 and 7e-4). 2 training steps move
+    # them by ~1e-2 and ~0.5; a host's gradient or rows gone astray also shows in the first
+    # two losses, checked to 1e-5 above.
+    distance = {part: _relative_distance(state_mp[part], state_ref[part]) for part in ("params", "batch_stats")}
+    print(f"{objective}: loss max relative difference {np.max(np.abs(np.subtract(mp_loss, ref_loss)) / np.abs(ref_loss)):.1e}, "
+          f"final params {distance['params']:.1e}, batch statistics {distance['batch_stats']:.1e}")
+    for part, d in distance.items():
+        assert d < 5e-3, (part, d)
 
     # Only process 0 logs progress and writes results.
     assert f"step {STEPS}/{STEPS}" in texts[0] and f"step {STEPS}/{STEPS}" not in texts[1]
