@@ -21,3 +21,13 @@ def synthetic_corpus_dir(tmp_path_factory):
     cfg = load_config(DEMO, f"tiny=1,synthetic_dir={out}")
     synthetic.generate(out, synthetic.SyntheticConfig(**cfg.data.synthetic.to_dict()), progress=False)
     return pathlib.Path(out)
+
+
+# The longest files first (minutes each): with `-n 2` the two workers then finish together
+# instead of one idling while the other runs a long file picked up late.
+_LONG_FIRST = ("test_multihost.py", "test_experiment.py", "test_corpus_experiment.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
