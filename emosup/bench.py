@@ -246,8 +246,7 @@ def bench_ecapa(presets, batch, seconds, repeats):
             if dtype is not None:  # XLA's FLOP count / time / the device's bf16 peak
                 row["mfu"] = _mfu(compiled, row["emosup_s"])
             if dtype is None and preset in ECAPA_TARGETS and "reference_s" in row:
-                row["target"] = f">= {ECAPA_TARGETS[preset]:g}x {ref_name}"
-                row["meets_target"] = row["reference_s"] / row["emosup_s"] >= ECAPA_TARGETS[preset]
+                _set_target(row, ECAPA_TARGETS[preset], ref_name)
             rows.append(row)
             _print_row(row)
             _print_spread(row)
@@ -304,8 +303,7 @@ def bench_fbank(batch, seconds, repeats):
     for key, ref_name in refs.items():
         row = _paired_row(name, times["jax"], times.get(key), reference=ref_name)
         if key == "sb" and "reference_s" in row:
-            row["target"] = f">= {FBANK_TARGET:g}x {ref_name}"
-            row["meets_target"] = row["reference_s"] / row["emosup_s"] >= FBANK_TARGET
+            _set_target(row, FBANK_TARGET, ref_name)
         rows.append(row)
         _print_row(row)
         _print_spread(row)
@@ -419,12 +417,17 @@ def bench_wav2vec2(quick=False):
                 if dtype == jnp.bfloat16:  # model FLOPs (XLA's count) / time / the device's peak
                     row["mfu"] = _mfu(compiled, row["emosup_s"])
                 if what == "forward+backward" and dtype == jnp.float32:
-                    row["target"] = f">= {W2V2_TARGET:g}x {ref_name}"
-                    row["meets_target"] = row["reference_s"] / row["emosup_s"] >= W2V2_TARGET
+                    _set_target(row, W2V2_TARGET, ref_name)
                 rows.append(row)
                 _print_row(row)
                 _print_spread(row)
     return rows
+
+
+def _set_target(row, ratio, ref_name):
+    """Marks a paired row with its target: at least `ratio` times faster than `ref_name`."""
+    row["target"] = f">= {ratio:g}x {ref_name}"
+    row["meets_target"] = row["reference_s"] / row["emosup_s"] >= ratio
 
 
 def _print_spread(row):
