@@ -15,3 +15,19 @@ def load_config(path, arg=""):
     config = module.get_config(arg)
     config.lock()
     return config
+
+
+def export_random_tiny_ecapa(out, seed):
+    """A random tiny ECAPA exported to `out` as a converted encoder would be (its clusters give
+    pairs; it feeds fusion); returns `out`."""
+    import jax
+    import numpy as np
+
+    from emosup import checkpoint
+    from emosup.models.ecapa import PRESETS
+    from emosup.models.speaker import build_encoder
+
+    cfg = {"encoder": "ecapa", "ecapa": dict(PRESETS["tiny"]), "features": {"n_mels": 80}, "source": "random"}
+    variables = build_encoder(cfg).init(jax.random.key(seed), np.zeros((1, 101, 80), np.float32), None)
+    checkpoint.export_encoder(out, cfg, dict(variables))
+    return out

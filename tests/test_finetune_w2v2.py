@@ -6,24 +6,18 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers import DEMO, load_config
+from helpers import export_random_tiny_ecapa, DEMO, load_config
 from test_wav2vec2 import make_hf
 
-from emosup import checkpoint, comparison, finetune_w2v2
+from emosup import comparison, finetune_w2v2
 from emosup.convert.hf_wav2vec2 import load_hf_wav2vec2
 from emosup.data import corpus as corpus_lib
-from emosup.models.ecapa import PRESETS
-from emosup.models.speaker import build_encoder
 
 
 @pytest.fixture(scope="module")
 def speaker_dir(tmp_path_factory):
     """A random tiny ECAPA exported as an encoder: its clusters give pairs, it feeds fusion."""
-    out = tmp_path_factory.mktemp("spk") / "enc"
-    cfg = {"encoder": "ecapa", "ecapa": dict(PRESETS["tiny"]), "features": {"n_mels": 80}, "source": "random"}
-    variables = build_encoder(cfg).init(jax.random.key(3), np.zeros((1, 101, 80), np.float32), None)
-    checkpoint.export_encoder(out, cfg, dict(variables))
-    return out
+    return export_random_tiny_ecapa(tmp_path_factory.mktemp("spk") / "enc", 3)
 
 
 def _config(corpus_dir, **w2v2):

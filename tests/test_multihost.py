@@ -14,13 +14,11 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import export_random_tiny_ecapa, REPO
 from multihost_worker import multihost_config
 
 from emosup import checkpoint, distributed, parallel, train
 from emosup.data import pipeline
-from emosup.models.ecapa import PRESETS
-from emosup.models.speaker import build_encoder
 
 # One worker runs this whole file (pytest -n 2 --dist loadgroup): the 2-process job is a
 # module fixture, and spreading its tests would run it on both workers.
@@ -62,11 +60,7 @@ def _job(out, corpus_dir, encoder, steps, objectives, extra=((), ())):
 @pytest.fixture(scope="module")
 def pair_encoder(tmp_path_factory):
     """A random tiny encoder, exported as a converted one would be: its clusters give pairs."""
-    out = tmp_path_factory.mktemp("enc") / "enc"
-    cfg = {"encoder": "ecapa", "ecapa": dict(PRESETS["tiny"]), "features": {"n_mels": 80}, "source": "random"}
-    variables = build_encoder(cfg).init(jax.random.key(7), np.zeros((1, 101, 80), np.float32), None)
-    checkpoint.export_encoder(out, cfg, dict(variables))
-    return out
+    return export_random_tiny_ecapa(tmp_path_factory.mktemp("enc") / "enc", 7)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import REPO, load_config
+from helpers import export_random_tiny_ecapa, REPO, load_config
 
-from emosup import checkpoint, train
-from emosup.models.ecapa import PRESETS
-from emosup.models.speaker import build_encoder
+from emosup import train
 
 PRETRAIN = REPO / "configs" / "pretrain.py"
 
@@ -16,11 +14,7 @@ PRETRAIN = REPO / "configs" / "pretrain.py"
 @pytest.fixture(scope="module")
 def pair_encoder(tmp_path_factory):
     """A random tiny encoder exported as a converted one would be (its clusters give pairs)."""
-    out = tmp_path_factory.mktemp("enc") / "enc"
-    cfg = {"encoder": "ecapa", "ecapa": dict(PRESETS["tiny"]), "features": {"n_mels": 80}, "source": "random"}
-    variables = build_encoder(cfg).init(jax.random.key(7), np.zeros((1, 101, 80), np.float32), None)
-    checkpoint.export_encoder(out, cfg, dict(variables))
-    return out
+    return export_random_tiny_ecapa(tmp_path_factory.mktemp("enc") / "enc", 7)
 
 
 def _config(objective, corpus_dir, encoder, steps):
