@@ -45,6 +45,12 @@ def synthetic_defaults():
     ))
 
 
+# The tiny variant of the synthetic corpus (`tiny=1`): a handful of speakers and short
+# utterances, so the end-to-end tests train in seconds.
+TINY_SYNTHETIC = dict(speakers_unlabelled=6, speakers_labelled=2, speakers_test=3,
+                      utterances_per_speaker_emotion=4, max_duration=2.0)
+
+
 def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, batch_size=32,
                     objective="speaker", pairs_encoder=""):
     """Encoder pretraining on `train_split` with emotions unused (emosup.tasks objectives).
@@ -160,8 +166,7 @@ def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, bat
     c = speaker_config(manifest=manifest, synthetic_dir=synthetic_dir, preset=preset, steps=steps,
                        batch_size=batch_size)
     if tiny:  # seconds, for the end-to-end test: a handful of speakers and steps
-        c.data.synthetic.update(speakers_unlabelled=6, speakers_labelled=2, speakers_test=3,
-                                utterances_per_speaker_emotion=4, max_duration=2.0)
+        c.data.synthetic.update(TINY_SYNTHETIC)
         c.data.crop_seconds = 1.0
         c.log_every, c.checkpoint_every = 2, 4
         c.optim.warmup_steps = 1

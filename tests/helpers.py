@@ -31,3 +31,30 @@ def export_random_tiny_ecapa(out, seed):
     variables = build_encoder(cfg).init(jax.random.key(seed), np.zeros((1, 101, 80), np.float32), None)
     checkpoint.export_encoder(out, cfg, dict(variables))
     return out
+
+
+def write_wav(path, samples=None, *, sr=16000, seconds=0.2, seed=0, silent=False, subtype="PCM_16"):
+    """Writes a mono WAV at `path` (parents made) and returns the path.
+
+    `samples` (float array in [-1, 1]) is written as given; otherwise `seconds` of seeded
+    low-level noise (silence with `silent=True`)."""
+    import numpy as np
+    import soundfile as sf
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if samples is None:
+        n = int(round(seconds * sr))
+        samples = np.zeros(n) if silent else 0.1 * np.random.default_rng(seed).standard_normal(n)
+    sf.write(str(path), np.asarray(samples, np.float32), sr, subtype=subtype)
+    return path
+
+
+def use_tiny_corpus(config, corpus_dir):
+    """Points an unlocked stage config at the `synthetic_corpus_dir` fixture's corpus (the
+    demo's tiny settings, config_lib.TINY_SYNTHETIC, with which the fixture generated it)."""
+    from emosup import config_lib
+
+    config.data.synthetic_dir = str(corpus_dir)
+    config.data.synthetic.update(config_lib.TINY_SYNTHETIC)
+    return config

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-from helpers import REPO, load_config  # noqa: E402
+from helpers import REPO, load_config, use_tiny_corpus  # noqa: E402
 
 
 def multihost_config(objective, corpus_dir, encoder, steps):
@@ -23,9 +23,7 @@ def multihost_config(objective, corpus_dir, encoder, steps):
                     f"objective={objective},pairs_encoder={encoder},synthetic_dir={corpus_dir},"
                     f"steps={steps},batch_size=8")
     c.unlock()
-    # the demo's tiny corpus settings (the session fixture generated it with these)
-    c.data.synthetic.update(speakers_unlabelled=6, speakers_labelled=2, speakers_test=3,
-                            utterances_per_speaker_emotion=4, max_duration=2.0)
+    use_tiny_corpus(c, corpus_dir)
     c.data.crop_seconds, c.log_every, c.checkpoint_every = 1.0, 1, 2
     c.optim.warmup_steps = 1
     c.pairs.k, c.pairs.num_negatives = 2, 2

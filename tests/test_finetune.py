@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, load_config
+from helpers import REPO, load_config, use_tiny_corpus
 
 from emosup import checkpoint, config_lib, finetune
 from emosup.data.corpus import Corpus
@@ -70,8 +70,7 @@ def _tiny(corpus_dir, target, steps=6):
     c = load_config(FINETUNE, f"synthetic_dir={corpus_dir},steps={steps},batch_size=8,"
                               f"labels_per_class=2,target={target}")
     c.unlock()
-    c.data.synthetic.update(speakers_unlabelled=6, speakers_labelled=2, speakers_test=3,
-                            utterances_per_speaker_emotion=4, max_duration=2.0)
+    use_tiny_corpus(c, corpus_dir)
     c.data.crop_seconds, c.eval_every, c.ser.freeze_steps, c.ser.dev_fraction = 1.0, 2, 2, 0.5
     return c
 

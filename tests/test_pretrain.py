@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import export_random_tiny_ecapa, REPO, load_config
+from helpers import REPO, export_random_tiny_ecapa, load_config, use_tiny_corpus
 
 from emosup import train
 
@@ -21,9 +21,7 @@ def _config(objective, corpus_dir, encoder, steps):
     c = load_config(PRETRAIN, f"objective={objective},pairs_encoder={encoder},synthetic_dir={corpus_dir},"
                               f"steps={steps},batch_size=8")
     c.unlock()
-    # the demo's tiny corpus settings (the fixture generated it with these)
-    c.data.synthetic.update(speakers_unlabelled=6, speakers_labelled=2, speakers_test=3,
-                            utterances_per_speaker_emotion=4, max_duration=2.0)
+    use_tiny_corpus(c, corpus_dir)
     c.data.crop_seconds, c.log_every, c.checkpoint_every = 1.0, 2, 3
     c.optim.warmup_steps = 1
     c.pairs.k = 2
