@@ -165,11 +165,19 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
          optax.cosine_decay_schedule(config.optim.lr_encoder, max(config.total_steps - freeze, 1), 0.1)],
         [freeze])
     head_lr = optax.cosine_decay_schedule(config.optim.lr_head, config.total_steps, 0.1)
-    labels_tree = jax.tree_util.tree_map_with_path(
-        lambda p, _: "body" if "wav2vec2" in jax.tree_util.keystr(p) else "head", params)
+    def group(path, _):
+        name = jax.tree_util.keystr(path)
+        if "wav2vec2" not in name:
+            return "head"
+        # The conv feature encoder gets no gradient, and must get no update either: AdamW's
+        # weight decay alone would otherwise shrink it every step after the freeze.
+        return "frozen" if "feature_extractor" in name else "body"
+
+    labels_tree = jax.tree_util.tree_map_with_path(group, params)
     tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip), optax.multi_transform(
         {"body": optax.adamw(body_lr, weight_decay=config.optim.weight_decay),
-         "head": optax.adamw(head_lr, weight_decay=config.optim.weight_decay)}, labels_tree))
+         "head": optax.adamw(head_lr, weight_decay=config.optim.weight_decay),
+         "frozen": optax.set_to_zero()}, labels_tree))
     state = parallel.replicate(train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx), mesh)
 
     # --- Loss. ---

@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, load_config, use_tiny_corpus
+from helpers import REPO, export_random_tiny_ecapa, load_config, use_tiny_corpus
 
 from emosup import checkpoint, config_lib, finetune
 from emosup.data.corpus import Corpus
@@ -113,3 +113,86 @@ def test_killed_finetuning_resumes_to_the_same_result(tmp_path, synthetic_corpus
     _, b = checkpoint.load_encoder_variables(tmp_path / "crashed")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ------------------------------------------------- an arm starts where it says; the schedule
+def _record_saves(monkeypatch):
+    """{step: host copy of the state's params and batch_stats} at every checkpoint (one per
+    dev evaluation), taken before the next step can donate the state."""
+    saved = {}
+    real = checkpoint.Checkpointer.save
+
+    def spy(self, step, state, meta, extra=None):
+        saved[step] = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        return real(self, step, state, meta, extra)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", spy)
+    return saved
+
+
+def _equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+def test_finetuning_starts_from_init_bit_for_bit_stays_frozen_then_moves(tmp_path, synthetic_corpus_dir,
+                                                                         monkeypatch):
+    init_dir = export_random_tiny_ecapa(tmp_path / "init", 11)
+    _, init = checkpoint.load_encoder_variables(init_dir)
+    cfg = _tiny(synthetic_corpus_dir, "categorical", steps=4)
+    cfg.init, cfg.eval_every, cfg.ser.freeze_steps = str(init_dir), 1, 2
+    created = {}
+    real_create = finetune.FinetuneState.create
+
+    def spy_create(**kw):
+        created.update(jax.device_get({"params": kw["params"], "batch_stats": kw["batch_stats"]}))
+        return real_create(**kw)
+
+    monkeypatch.setattr(finetune.FinetuneState, "create", staticmethod(spy_create))
+    saved = _record_saves(monkeypatch)
+    finetune.run(cfg, tmp_path / "ft")
+    assert _equal(created["params"]["encoder"], init["params"]), "the encoder starts as the init"
+    assert _equal(created["batch_stats"]["encoder"], init["batch_stats"])
+    assert sorted(saved) == [1, 2, 3, 4]
+    for step in (1, 2):  # frozen: weights and running statistics untouched, the head learns
+        assert _equal(saved[step]["params"]["encoder"], init["params"]), f"encoder moved at step {step}"
+        assert _equal(saved[step]["batch_stats"]["encoder"], init["batch_stats"])
+        assert not _equal(saved[step]["params"]["ser_head"], created["params"]["ser_head"])
+    for step in (3, 4):  # unfrozen: every weight matrix of the encoder is trained
+        moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved[step]["params"]["encoder"]),
+                                                          jax.tree.leaves(init["params"]))]
+        assert np.mean(moved) > 0.9, f"step {step}: only {np.mean(moved):.0%} of the encoder's tensors moved"
+        assert not _equal(saved[step]["batch_stats"]["encoder"], init["batch_stats"])
+
+
+def test_the_test_set_is_scored_with_the_best_dev_weights(tmp_path, synthetic_corpus_dir, monkeypatch):
+    """Dev scores are set here (best at step 2 of 4, so neither the first nor the last);
+    the test rows must then be scored with exactly the step-2 variables."""
+    cfg = _tiny(synthetic_corpus_dir, "categorical", steps=4)
+    cfg.eval_every, cfg.ser.freeze_steps = 1, 0
+    dev_scores = iter([0.2, 0.7, 0.4, 0.5])
+    scored = []
+    real_evaluate = finetune.evaluate
+
+    def spy_evaluate(encoder, head, head_params, rows, classes, target, **kw):
+        out = real_evaluate(encoder, head, head_params, rows, classes, target, **kw)
+        if rows[0].split == "test":
+            scored.append(jax.device_get({"encoder": encoder.variables, "ser_head": head_params}))
+        else:
+            out["macro_f1"] = next(dev_scores)
+        return out
+
+    monkeypatch.setattr(finetune, "evaluate", spy_evaluate)
+    saved = _record_saves(monkeypatch)
+    result = finetune.run(cfg, tmp_path / "ft")
+    assert [h["dev"]["macro_f1"] for h in result["history"]] == [0.2, 0.7, 0.4, 0.5]
+    assert result["best_step"] == 2 and result["dev_score"] == 0.7
+    assert len(scored) == 1
+    best = {"encoder": {"params": saved[2]["params"]["encoder"], "batch_stats": saved[2]["batch_stats"]["encoder"]},
+            "ser_head": saved[2]["params"]["ser_head"]}
+    last = {"encoder": {"params": saved[4]["params"]["encoder"], "batch_stats": saved[4]["batch_stats"]["encoder"]},
+            "ser_head": saved[4]["params"]["ser_head"]}
+    assert _equal(scored[0], best) and not _equal(scored[0], last)
+    # The exported model is the best one too.
+    exported = checkpoint.restore_variables(tmp_path / "ft" / "variables")
+    assert _equal(exported["params"], saved[2]["params"])

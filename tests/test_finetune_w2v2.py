@@ -9,7 +9,7 @@ import pytest
 from helpers import export_random_tiny_ecapa, DEMO, load_config
 from test_wav2vec2 import make_hf
 
-from emosup import comparison, finetune_w2v2
+from emosup import checkpoint, comparison, finetune_w2v2
 from emosup.convert.hf_wav2vec2 import load_hf_wav2vec2
 from emosup.data import corpus as corpus_lib
 
@@ -60,17 +60,36 @@ def test_converted_hf_checkpoint_is_the_starting_point(tmp_path, synthetic_corpu
 
     assert convert_main(["wav2vec2", str(hf_dir), str(tmp_path / "w2v2")]) == 0
     config = _config(synthetic_corpus_dir, init=str(tmp_path / "w2v2"))
+    config.unlock()
+    config.finetune.ser.freeze_steps = 2  # steps 1-2 frozen (checkpoint at 2), 3-4 trained (at 4)
+    config.lock()
     corpus = corpus_lib.open_corpus(config.data, tmp_path)
-    seen = {}
+    seen, saved = {}, {}
     real_create = finetune_w2v2.train_state.TrainState.create
+    real_save = checkpoint.Checkpointer.save
 
     def spy(**kw):
         seen["body"] = kw["params"]["ser"]["wav2vec2"]
         return real_create(**kw)
 
+    def spy_save(self, step, state, meta, extra=None):
+        saved[step] = jax.device_get(state.params["ser"]["wav2vec2"])
+        return real_save(self, step, state, meta, extra)
+
     monkeypatch.setattr(finetune_w2v2.train_state.TrainState, "create", staticmethod(spy))
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", spy_save)
     r = finetune_w2v2.run(comparison._w2v2_config(config, 0, speaker_dir), tmp_path / "ft", corpus, "w2v2")
     _, converted = load_hf_wav2vec2(hf_dir)
-    jax.tree.map(np.testing.assert_array_equal, seen["body"], converted["params"])
+    body = converted["params"]
+    jax.tree.map(np.testing.assert_array_equal, seen["body"], body)  # before any step
     assert r["wav2vec2"].startswith("huggingface:")
+    assert sorted(saved) == [2, 4]
+    jax.tree.map(np.testing.assert_array_equal, saved[2], body)  # frozen: bit for bit
+    # The convolutional feature encoder stays frozen throughout (as HF's recipes do) ...
+    jax.tree.map(np.testing.assert_array_equal, saved[4]["feature_extractor"], body["feature_extractor"])
+    # ... and every other tensor of the body is trained once the freeze ends.
+    rest = [(a, b) for k in body if k != "feature_extractor"
+            for a, b in zip(jax.tree.leaves(saved[4][k]), jax.tree.leaves(body[k]))]
+    moved = [not np.array_equal(a, b) for a, b in rest]
+    assert np.mean(moved) > 0.9, f"only {np.mean(moved):.0%} of the transformer's tensors moved"
 
