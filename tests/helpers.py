@@ -58,3 +58,96 @@ def use_tiny_corpus(config, corpus_dir):
     config.data.synthetic_dir = str(corpus_dir)
     config.data.synthetic.update(config_lib.TINY_SYNTHETIC)
     return config
+
+
+def write_speechbrain_hparams(folder, *, n_mels, channels, attention_channels, se_channels, lin_neurons,
+                              kernel_sizes=(5, 3, 3, 3, 1), dilations=(1, 2, 3, 4, 1), groups=None,
+                              input_size="!ref <n_mels>",
+                              model_class="speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN",
+                              norm_class="speechbrain.processing.features.InputNormalization",
+                              std_norm=False):
+    """Writes `folder`/hyperparams.yaml in the structure of speechbrain/spkrec-ecapa-voxceleb's
+    (Fbank, sentence mean normalisation, the ECAPA_TDNN, its Pretrainer) and returns its path.
+
+    Values go in as YAML text (`str(value)`), so a test can also write a wrong one: another
+    class, `input_size=40` against `n_mels`, `groups=[1, 1, 2, 1, 1]`; `groups=None` leaves
+    the field out (SpeechBrain's default)."""
+    def text(v):
+        return str(list(v)) if isinstance(v, tuple) else str(v)
+
+    lines = [
+        "# written in the style of speechbrain/spkrec-ecapa-voxceleb hyperparams.yaml",
+        f"n_mels: {n_mels}",
+        "pretrained_path: somewhere/ecapa",
+        "compute_features: !new:speechbrain.lobes.features.Fbank",
+        "    n_mels: !ref <n_mels>",
+        f"mean_var_norm: !new:{norm_class}",
+        "    norm_type: sentence",
+        f"    std_norm: {std_norm}",
+        f"embedding_model: !new:{model_class}",
+        f"    input_size: {input_size}",
+        f"    channels: {text(channels)}",
+        f"    kernel_sizes: {text(kernel_sizes)}",
+        f"    dilations: {text(dilations)}",
+        f"    attention_channels: {attention_channels}",
+        f"    se_channels: {se_channels}",
+        f"    lin_neurons: {lin_neurons}",
+    ]
+    if groups is not None:
+        lines.append(f"    groups: {text(groups)}")
+    lines += [
+        "modules:",
+        "    embedding_model: !ref <embedding_model>",
+        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
+        "    loadables:",
+        "        embedding_model: !ref <embedding_model>",
+        "    paths:",
+        "        embedding_model: !ref <pretrained_path>/embedding_model.ckpt",
+    ]
+    path = pathlib.Path(folder) / "hyperparams.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# Attention's key-projection bias adds q·b_k to every logit of query q, the same for every key,
+# and softmax ignores such a shift: its true gradient is exactly 0, and what any backward pass
+# gives there is float32 rounding noise, which has no scale of its own to be relative to.
+ZERO_GRADIENT = ("k_proj/bias",)
+
+
+def flat_paths(tree, prefix=""):
+    """{"a/b/c": leaf} for a nested dict of arrays."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(flat_paths(v, key + "/") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def gradient_errors(ours, ref):
+    """Each gradient tensor against the reference on its own scale, for two nested dicts of the
+    same paths. Returns (relative, noise):
+
+    * relative: {path: ||ours - ref|| / ||ref||}, every tensor but ZERO_GRADIENT's, so a small
+      tensor's gradient is judged on its own size, never against the largest tensor's;
+    * noise: for the ZERO_GRADIENT tensors (chosen by name, from the maths, never by how small
+      a gradient happens to be, so that a small but wrong tensor elsewhere still meets the
+      relative bound), max(||ours||, ||ref||) / ||gradient of the same layer's k_proj kernel||:
+      both must stay at rounding-noise level (~1e-7), where a wrong, non-zero gradient would
+      stand far above it."""
+    import numpy as np
+
+    ours, ref = flat_paths(ours), flat_paths(ref)
+    assert set(ours) == set(ref), sorted(set(ours) ^ set(ref))
+    relative, noise = {}, {}
+    for path, r in ref.items():
+        o, r = np.asarray(ours[path], np.float64), np.asarray(r, np.float64)
+        assert o.shape == r.shape, (path, o.shape, r.shape)
+        if path.endswith(ZERO_GRADIENT):
+            sibling = np.linalg.norm(np.asarray(ref[path.rsplit("/", 1)[0] + "/kernel"], np.float64))
+            noise[path] = max(np.linalg.norm(o), np.linalg.norm(r)) / sibling
+        else:  # a reference of exactly 0 (nothing flows there) must be met exactly
+            scale = np.linalg.norm(r)
+            diff = np.linalg.norm(o - r)
+            relative[path] = float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
+    return relative, noise

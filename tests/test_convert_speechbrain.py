@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import write_speechbrain_hparams
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
 from emosup.convert.speechbrain_ecapa import (
@@ -17,22 +18,6 @@ from emosup.convert.torch_state import ConversionError, load_torch_state
 from emosup.models.ecapa import PRESETS
 
 CHANNELS = [16, 16, 16, 16, 48]
-
-YAML = """\
-n_mels: 8
-compute_features: !new:speechbrain.lobes.features.Fbank
-    n_mels: !ref <n_mels>
-mean_var_norm: !new:{norm_class}
-    norm_type: sentence
-    std_norm: {std_norm}
-embedding_model: !new:{model_class}
-    input_size: {input_size}
-    channels: [16, 16, 16, 16, 48]
-    attention_channels: 8
-    se_channels: 8
-    lin_neurons: 8
-    groups: {groups}
-"""
 
 # The published speechbrain/spkrec-ecapa-voxceleb hyperparams.yaml, in full structure.
 SPKREC_YAML = """\
@@ -96,12 +81,11 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 """
 
 
-def write_yaml(d, norm_class="speechbrain.processing.features.InputNormalization", std_norm="False",
-               model_class="speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN", input_size="!ref <n_mels>",
-               groups="[1, 1, 1, 1, 1]"):
-    (d / "hyperparams.yaml").write_text(YAML.format(
-        norm_class=norm_class, std_norm=std_norm, model_class=model_class,
-        input_size=input_size, groups=groups))
+def write_yaml(d, **overrides):
+    """This file's small ECAPA's hyperparams.yaml; `overrides` write a wrong field on purpose."""
+    write_speechbrain_hparams(d, **{"n_mels": 8, "channels": CHANNELS, "attention_channels": 8,
+                                    "se_channels": 8, "lin_neurons": 8, "groups": [1, 1, 1, 1, 1],
+                                    **overrides})
 
 
 @pytest.fixture(scope="module")

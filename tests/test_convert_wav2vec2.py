@@ -136,7 +136,9 @@ def test_sequence_classification_heads_dropped_or_kept(tmp_path, overrides):
     logits = pooled @ heads["classifier"]["kernel"] + heads["classifier"]["bias"]
     with torch.no_grad():
         ref = hf(torch.from_numpy(x), attention_mask=torch.from_numpy(mask)).logits.numpy()
-    assert rel_err(logits, ref) <= 1e-4
+    err = rel_err(logits, ref)
+    print(f"kept heads: logits relative error vs HF {err:.2e}")
+    assert err <= 2e-5  # measured on CPU 2.8e-7 (group/post-LN), 1.1e-6 (layer/stable-LN)
 
     # A head that does not fit the body fails only when it is kept.
     bad = {**state, "classifier.weight": np.zeros((4, 7), np.float32)}
@@ -160,7 +162,9 @@ def test_pretraining_checkpoint_drops_quantizer_and_mask_embedding(tmp_path):
     with torch.no_grad():
         ref = hf.wav2vec2(torch.from_numpy(x)).last_hidden_state.numpy()
     cfg = Wav2Vec2Config.from_dict(load_hf_wav2vec2(tmp_path)[0]["wav2vec2"])
-    assert rel_err(Wav2Vec2Model(cfg).apply(variables, jnp.asarray(x)).last_hidden_state, ref) <= 1e-4
+    err = rel_err(Wav2Vec2Model(cfg).apply(variables, jnp.asarray(x)).last_hidden_state, ref)
+    print(f"pre-training checkpoint: relative error vs HF {err:.2e}")
+    assert err <= 4e-5  # measured on CPU 3.3e-6
 
 
 def test_ctc_lm_head_kept(tmp_path):

@@ -1,8 +1,7 @@
 """CREMA-D reader on a fake miniature AudioWAV folder: strict names, silent / zero-length /
 git-lfs pointer / misnamed files skipped with reasons, speaker-disjoint seeded splits."""
-import numpy as np
 import pytest
-import soundfile as sf
+from helpers import write_wav
 
 from emosup.data import manifest as manifest_lib
 from emosup.data.corpora import common, crema_d
@@ -15,24 +14,18 @@ GOOD = [f"{1001 + a}_{s}_{EMOS[(a + i) % 6]}_XX.wav"
 LFS = "version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 99\n"
 
 
-def _wav(path, silent=False, seconds=0.2, sr=16000):
-    x = np.zeros(int(seconds * sr)) if silent else \
-        0.1 * np.random.default_rng(len(str(path))).standard_normal(int(seconds * sr))
-    sf.write(str(path), x.astype(np.float32), sr, subtype="PCM_16")
-
-
 def make_repo(root):
     audio = root / "AudioWAV"
     audio.mkdir(parents=True)
     for name in GOOD:
-        _wav(audio / name)
-    _wav(audio / "1076_MTI_SAD_XX.wav", silent=True)      # the corpus's known silent file
+        write_wav(audio / name)
+    write_wav(audio / "1076_MTI_SAD_XX.wav", silent=True)  # the corpus's known silent file
     (audio / "1064_TIE_SAD_XX.wav").write_bytes(b"")       # known zero-length file
     (audio / "1077_DFA_NEU_XX.wav").write_text(LFS)       # clone without git-lfs
     (audio / "1078_WSI_ANG_XX.wav").write_bytes(b"RIFF\x00\x00")  # broken header
-    _wav(audio / "1040_ITH_SAD_X.wav")                    # historically misnamed
-    _wav(audio / "1002_DFA_CAL_XX.wav")                   # not a CREMA-D emotion
-    _wav(audio / "1003_ABC_ANG_XX.wav")                   # not a CREMA-D sentence
+    write_wav(audio / "1040_ITH_SAD_X.wav")                # historically misnamed
+    write_wav(audio / "1002_DFA_CAL_XX.wav")               # not a CREMA-D emotion
+    write_wav(audio / "1003_ABC_ANG_XX.wav")               # not a CREMA-D sentence
     (audio / "._1001_DFA_ANG_XX.wav").write_bytes(b"\x00\x05\x16\x07")  # ignored
     (audio / ".DS_Store").write_bytes(b"\x00")             # ignored
     return root

@@ -2,24 +2,14 @@
 flattened mirror layout."""
 import pathlib
 
-import numpy as np
 import pytest
-import soundfile as sf
+from helpers import write_wav
 
 from emosup.data import manifest
 from emosup.data.corpora import common, esd
 
-SR = 16000
 LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 123\n"
 TOP = "Emotion Speech Dataset"
-
-
-def _wav(path, silent=False, seed=0):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = np.zeros(SR // 5) if silent else np.random.default_rng(seed).uniform(-0.1, 0.1, SR // 5)
-    sf.write(path, x, SR, subtype="PCM_16")
-    return path
 
 
 def _bytes(path, data):
@@ -42,33 +32,33 @@ def _build_original(root):
     _bytes(base / "ReadMe.txt", b"0001 Chinese Female\n")
     for s in SPEAKERS:
         for k, (emo, split, utt) in enumerate(GOOD):
-            _wav(base / s / emo / split / f"{s}_{utt:06d}.wav", seed=int(s) * 10 + k)
+            write_wav(base / s / emo / split / f"{s}_{utt:06d}.wav", seed=int(s) * 10 + k)
     # Transcripts in the speakers' own encodings: never read.
     _bytes(base / "0001" / "0001.txt",
            "0001_000001\t打远一看，它们的确很是美丽。\t中立\n".encode("gb2312"))
     _bytes(base / "0011" / "0011.txt", "0011_000001\tAuthor of the danger trail.\tNeutral\n"
            .encode("utf-16"))
     s = base / "0011"
-    _wav(s / "Happy" / "train" / "0011_000351.wav")  # Angry block, Happy folder
-    _wav(s / "Sad" / "test" / "0011_001100.wav", silent=True)
+    write_wav(s / "Happy" / "train" / "0011_000351.wav")  # Angry block, Happy folder
+    write_wav(s / "Sad" / "test" / "0011_001100.wav", silent=True)
     _bytes(s / "Neutral" / "train" / "0011_000100.wav", b"")
     _bytes(s / "Neutral" / "train" / "0011_000101.wav", LFS)
     _bytes(s / "Neutral" / "train" / "._0011_000102.wav", b"\x00\x05\x16\x07")
-    _wav(s / "Neutral" / "train" / "0011_100.wav")
-    _wav(s / "Neutral" / "train" / "0012_000103.wav")
-    _wav(s / "Neutral" / "train" / "0011_001751.wav")
-    _wav(s / "0011_000104.wav")
+    write_wav(s / "Neutral" / "train" / "0011_100.wav")
+    write_wav(s / "Neutral" / "train" / "0012_000103.wav")
+    write_wav(s / "Neutral" / "train" / "0011_001751.wav")
+    write_wav(s / "0011_000104.wav")
     return base
 
 
 def _build_flat(root):
     """Flattened mirror (no split folders) mixed with one split folder; ROOT holds the speaker
     folders itself."""
-    _wav(root / "0005" / "Angry" / "0005_000351.wav", seed=1)
-    _wav(root / "0005" / "Angry" / "0005_000700.wav", seed=2)
-    _wav(root / "0015" / "Sad" / "0015_001071.wav", seed=3)
-    _wav(root / "0015" / "Sad" / "train" / "0015_001201.wav", seed=4)
-    _wav(root / "0015" / "Sad" / "test" / "0015_001071.wav", seed=5)  # same id again
+    write_wav(root / "0005" / "Angry" / "0005_000351.wav", seed=1)
+    write_wav(root / "0005" / "Angry" / "0005_000700.wav", seed=2)
+    write_wav(root / "0015" / "Sad" / "0015_001071.wav", seed=3)
+    write_wav(root / "0015" / "Sad" / "train" / "0015_001201.wav", seed=4)
+    write_wav(root / "0015" / "Sad" / "test" / "0015_001071.wav", seed=5)  # same id again
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +183,8 @@ def test_csv_round_trip(original, tmp_path):
 def test_structure_errors(tmp_path):
     with pytest.raises(common.CorpusError, match=f"{tmp_path}: no ESD speaker folders"):
         esd.read(tmp_path)
-    _wav(tmp_path / TOP / "0011" / "Angry" / "train" / "0011_000351.wav")
-    _wav(tmp_path / TOP / "0021" / "Angry" / "train" / "0021_000351.wav")
+    write_wav(tmp_path / TOP / "0011" / "Angry" / "train" / "0011_000351.wav")
+    write_wav(tmp_path / TOP / "0021" / "Angry" / "train" / "0021_000351.wav")
     with pytest.raises(common.CorpusError,
                        match=f"{tmp_path / TOP / '0021'}: not an ESD speaker folder"):
         esd.read(tmp_path)

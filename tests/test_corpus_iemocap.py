@@ -1,9 +1,8 @@
 """IEMOCAP reader on a fake miniature release: speaker from the last name token (impro05a,
 script02_2, marker-wearer ≠ speaker), [V, A, D] order, 4-class vs all classes, session splits,
 ignored annotator files and AppleDouble files, skipped wavs, exact errors."""
-import numpy as np
 import pytest
-import soundfile as sf
+from helpers import write_wav
 
 from emosup.data import manifest as manifest_lib
 from emosup.data.corpora import iemocap
@@ -38,12 +37,6 @@ EVAL = {
 }
 
 
-def _wav(path, seconds=0.2, sr=16000):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = 0.1 * np.random.default_rng(len(str(path))).standard_normal(int(seconds * sr))
-    sf.write(str(path), x.astype(np.float32), sr, subtype="PCM_16")
-
-
 def make_release(root):
     for k, dialogs in EVAL.items():
         ev = root / f"Session{k}" / "dialog" / "EmoEvaluation"
@@ -60,7 +53,7 @@ def make_release(root):
                     wav.parent.mkdir(parents=True, exist_ok=True)
                     wav.write_bytes(b"")
                     continue
-                _wav(wav)
+                write_wav(wav)
         # Files the reader must not open: per-annotator folders and macOS metadata.
         (ev / "Categorical").mkdir()
         (ev / "Categorical" / "x_e1_cat.txt").write_text("[broken line\n")

@@ -1,8 +1,7 @@
 """MSP-Podcast reader on a fake miniature release: every class code, Unknown speakers, all
 Split_Set values, Test3 by listing, both label-file spellings, skipped files, exact errors."""
-import numpy as np
 import pytest
-import soundfile as sf
+from helpers import write_wav
 
 from emosup.data import manifest as manifest_lib
 from emosup.data.corpora import msp_podcast
@@ -28,13 +27,6 @@ ROWS = [
 TEST3 = ("MSP-PODCAST_test3_0001.wav", "MSP-PODCAST_test3_0002.wav")
 
 
-def _wav(path, silent=False, seconds=0.2, sr=16000):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = np.zeros(int(seconds * sr)) if silent else \
-        0.1 * np.random.default_rng(len(str(path))).standard_normal(int(seconds * sr))
-    sf.write(str(path), x.astype(np.float32), sr, subtype="PCM_16")
-
-
 def make_release(root, label_name="labels_consensus.csv", audio_dir="Audios", rows=ROWS):
     (root / "Labels").mkdir(parents=True)
     (root / "Labels" / label_name).write_text(HEADER + "".join(",".join(r) + "\n" for r in rows))
@@ -47,9 +39,9 @@ def make_release(root, label_name="labels_consensus.csv", audio_dir="Audios", ro
             (audio / r[0]).write_text("version https://git-lfs.github.com/spec/v1\n"
                                       "oid sha256:00\nsize 12\n")
             continue
-        _wav(audio / r[0], silent=r[0] == "MSP-PODCAST_0002_0002.wav")
+        write_wav(audio / r[0], silent=r[0] == "MSP-PODCAST_0002_0002.wav")
     for name in TEST3:
-        _wav(audio / name)
+        write_wav(audio / name)
     (audio / "._MSP-PODCAST_test3_0003.wav").write_bytes(b"\x00\x05\x16\x07junk")
     return root
 

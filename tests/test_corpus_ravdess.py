@@ -3,23 +3,14 @@ import os
 import pathlib
 import sys
 
-import numpy as np
 import pytest
-import soundfile as sf
+from helpers import write_wav
 
 from emosup.data import manifest
 from emosup.data.corpora import common, ravdess
 
 SR = 48000
 LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 123\n"
-
-
-def _wav(path, silent=False, seed=0):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = np.zeros(SR // 5) if silent else np.random.default_rng(seed).uniform(-0.1, 0.1, SR // 5)
-    sf.write(path, x, SR, subtype="PCM_16")
-    return path
 
 
 def _bytes(path, data):
@@ -38,26 +29,26 @@ def _build(root):
     none, like Actor_18), the problem files in Actor_04, a Kaggle-style duplicate, a file
     directly in ROOT, one three levels down and one too deep to be searched."""
     for a in range(1, 11):
-        _wav(root / SPEECH / f"Actor_{a:02d}" / f"03-01-01-01-01-01-{a:02d}.wav", seed=a)
-        _wav(root / SPEECH / f"Actor_{a:02d}" / f"03-01-05-02-02-02-{a:02d}.wav", seed=100 + a)
-    _wav(root / SONG / "Actor_01" / "03-02-03-01-01-01-01.wav", seed=201)
-    _wav(root / SONG / "Actor_03" / "03-02-06-02-01-02-03.wav", seed=203)
+        write_wav(root / SPEECH / f"Actor_{a:02d}" / f"03-01-01-01-01-01-{a:02d}.wav", seed=a, sr=SR)
+        write_wav(root / SPEECH / f"Actor_{a:02d}" / f"03-01-05-02-02-02-{a:02d}.wav", seed=100 + a, sr=SR)
+    write_wav(root / SONG / "Actor_01" / "03-02-03-01-01-01-01.wav", seed=201, sr=SR)
+    write_wav(root / SONG / "Actor_03" / "03-02-06-02-01-02-03.wav", seed=203, sr=SR)
     a4 = root / SPEECH / "Actor_04"
-    _wav(a4 / "03-01-04-01-01-01-04.wav", silent=True)
+    write_wav(a4 / "03-01-04-01-01-01-04.wav", silent=True, sr=SR)
     _bytes(a4 / "03-01-04-01-02-01-04.wav", b"")
     _bytes(a4 / "03-01-04-02-01-01-04.wav", LFS)
     _bytes(a4 / "._03-01-01-01-01-01-04.wav", b"\x00\x05\x16\x07AppleDouble")
-    _wav(a4 / "03-01-09-01-01-01-04.wav")
-    _wav(a4 / "03-01-01-02-01-02-04.wav")
-    _wav(a4 / "not-a-ravdess-file.wav")
-    _wav(a4 / "03-01-02-01-01-01-05.wav")  # actor 05 in Actor_04's folder
+    write_wav(a4 / "03-01-09-01-01-01-04.wav", sr=SR)
+    write_wav(a4 / "03-01-01-02-01-02-04.wav", sr=SR)
+    write_wav(a4 / "not-a-ravdess-file.wav", sr=SR)
+    write_wav(a4 / "03-01-02-01-01-01-05.wav", sr=SR)  # actor 05 in Actor_04's folder
     _bytes(a4 / "01-01-01-01-01-01-04.mp4", b"\x00\x00\x00\x18ftypmp42")
-    _wav(a4 / "02-01-03-01-01-01-04.wav")  # video-only modality under a .wav name
-    _wav(root / SPEECH / "Actor_06" / "01-01-05-02-02-02-06.wav")  # twin of the 03- take
-    _wav(root / "Actor_07" / "03-01-01-01-01-01-07.wav", seed=7)  # Kaggle's second copy
-    _wav(root / "03-01-08-01-01-01-11.wav", seed=11)
-    _wav(root / "unzipped" / "inner" / "Actor_12" / "03-01-07-01-01-01-12.wav", seed=12)
-    _wav(root / "a" / "b" / "c" / "Actor_13" / "03-01-02-01-01-01-13.wav")  # too deep
+    write_wav(a4 / "02-01-03-01-01-01-04.wav", sr=SR)  # video-only modality under a .wav name
+    write_wav(root / SPEECH / "Actor_06" / "01-01-05-02-02-02-06.wav", sr=SR)  # twin of the 03- take
+    write_wav(root / "Actor_07" / "03-01-01-01-01-01-07.wav", seed=7, sr=SR)  # Kaggle's second copy
+    write_wav(root / "03-01-08-01-01-01-11.wav", seed=11, sr=SR)
+    write_wav(root / "unzipped" / "inner" / "Actor_12" / "03-01-07-01-01-01-12.wav", seed=12, sr=SR)
+    write_wav(root / "a" / "b" / "c" / "Actor_13" / "03-01-02-01-01-01-13.wav", sr=SR)  # too deep
     _bytes(root / "README.txt", b"RAVDESS")
     _bytes(root / "__MACOSX" / SPEECH / "Actor_01" / "._03-01-01-01-01-01-01.wav", b"x")
 
@@ -192,7 +183,7 @@ def test_errors_name_the_folder(tmp_path):
     with pytest.raises(common.CorpusError, match=f"{tmp_path / 'nope'}: not a folder"):
         ravdess.read(tmp_path / "nope")
     empty = tmp_path / "empty"
-    _wav(empty / "Actor_01" / "03-02-01-01-01-01-01.wav")  # song only
+    write_wav(empty / "Actor_01" / "03-02-01-01-01-01-01.wav", sr=SR)  # song only
     with pytest.raises(common.CorpusError,
                        match=f"{empty}: no RAVDESS audio to read \\(1 audio files .*pass "
                              "song=True for the song files\\)$"):

@@ -5,25 +5,16 @@ import pathlib
 
 import numpy as np
 import pytest
-import soundfile as sf
+from helpers import write_wav
 
 from emosup.data import manifest
 from emosup.data.corpora import common, voxceleb
 
-SR = 16000
 LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 123\n"
 M4A = b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00M4A isomiso2\x00\x00\x00\x08free"
 V1 = "vox1/wav"            # VoxCeleb1 wav folder, two levels down
 V2_AAC = "vox2/dev/aac"    # VoxCeleb2 as shipped, three levels down
 V2_WAV = "vox2/wav"        # one converted VoxCeleb2 file
-
-
-def _wav(path, silent=False, seed=0):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = np.zeros(SR // 5) if silent else np.random.default_rng(seed).uniform(-0.1, 0.1, SR // 5)
-    sf.write(path, x, SR, subtype="PCM_16")
-    return path
 
 
 def _bytes(path, data):
@@ -43,17 +34,17 @@ SILENT = "id10003/ddddddddddd/00001.wav"
 
 def _build(root):
     for k, rel in enumerate(GOOD):
-        _wav(root / V1 / rel, seed=k)
-    _wav(root / V1 / SILENT, silent=True)
+        write_wav(root / V1 / rel, seed=k)
+    write_wav(root / V1 / SILENT, silent=True)
     d = root / V1 / "id10003" / "ddddddddddd"
     _bytes(d / "00003.wav", b"")
     _bytes(d / "00004.wav", LFS)
     _bytes(d / "._00002.wav", b"\x00\x05\x16\x07")
-    _wav(d / "1.wav")
-    _wav(root / V1 / "id10003" / "stray.wav")
+    write_wav(d / "1.wav")
+    write_wav(root / V1 / "id10003" / "stray.wav")
     for n in (1, 2, 3):
         _bytes(root / V2_AAC / "id00012" / "eeeeeeeeeee" / f"{n:05d}.m4a", M4A)
-    _wav(root / V2_WAV / "id00012" / "eeeeeeeeeee" / "00003.wav", seed=99)  # converted copy
+    write_wav(root / V2_WAV / "id00012" / "eeeeeeeeeee" / "00003.wav", seed=99)  # converted copy
     lines = [f"{code} {rel}" for rel, code in GOOD.items()] + [
         f"1 {SILENT}", "1 id10009/zzzzzzzzzzz/00001.wav"]  # a file this copy lacks
     (root / "vox1" / "iden_split.txt").write_text("\n".join(lines) + "\n")

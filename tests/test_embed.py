@@ -62,7 +62,7 @@ def test_convert_cli_and_embed_cli_equal_speechbrain(tmp_path):
         rel = np.linalg.norm(got["embeddings"][i] - ref) / np.linalg.norm(ref)
         worst = max(worst, rel)
     print(f"embed vs SpeechBrain per utterance: max relative error {worst:.2e}")
-    assert worst <= 1e-4
+    assert worst <= 2e-5  # measured on CPU 1.1e-6 (Fbank, normalisation and ECAPA together)
 
 
 def test_embeddings_do_not_depend_on_batching(tmp_path):

@@ -30,7 +30,10 @@ FAMILIES = {"group/post-LN": ({}, dict(do_normalize=False, return_attention_mask
 # Samples per file; 50 is below the tiny conv stack's 60-sample receptive field (no frame).
 LENGTHS = (3000, 1234, 7999, 50, 2000, 4321, 777)
 SHORT = LENGTHS.index(50)
-TOL = 1e-4
+# Bounds on the relative error against HF's own pipeline: 10x what was measured on CPU, rounded
+# up (the worst layer and the worst single row).
+TOL = {"group/post-LN": 2e-5,    # measured 1.9e-6 (last layer, worst row)
+       "layer/stable-LN": 1e-5}  # measured 6.9e-7
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +110,7 @@ def test_embeddings_equal_hf_per_utterance_for_every_layer(encoders, corpus, fam
         # Each row on its own scale too (a short utterance's error is not hidden by a long one).
         errors[f"{layer} worst row"] = max(rel_err(emb[i], r) for i, r in zip(keep, ref))
     print(f"{family}: {errors}")
-    assert max(errors.values()) <= TOL, errors
+    assert max(errors.values()) <= TOL[family], errors
 
 
 def test_embed_cli_and_batching(encoders, corpus, tmp_path):
@@ -125,7 +128,7 @@ def test_embed_cli_and_batching(encoders, corpus, tmp_path):
     ref = hf_embeddings(hf, extractor, [wavs[i] for i in keep], 1)
     err = rel_err(got["embeddings"][keep], ref)
     print(f"embed CLI --layer=1 vs HF per utterance: max relative error {err:.2e}")
-    assert err <= TOL
+    assert err <= 1e-5  # measured 9.1e-7
 
 
 def test_layer_is_checked(encoders):

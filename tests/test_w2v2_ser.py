@@ -19,7 +19,10 @@ from emosup.models.w2v2_ser import (Wav2Vec2ForSER, Wav2Vec2PerUtterance, masked
 from emosup.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
 FAMILIES = {"group/post-LN": {}, "layer/stable-LN": LAYER}
-TOL = 1e-4
+# Bounds on the relative error against HF: 10x what was measured on CPU, rounded up.
+TOL = 1e-5  # logits and pooled projection, every family/weighting/mask: measured 9.5e-7
+# One utterance alone, every hidden state included: measured 2.7e-6 (group), 1.0e-6 (layer).
+TOL_ALONE = {"group/post-LN": 3e-5, "layer/stable-LN": 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +92,7 @@ def test_per_utterance_rows_equal_hf_on_each_utterance_alone(models, family):
         padded_gap = max(padded_gap, rel_err(padded_hf[b], ref_logits[0]))
     print(f"{family} per utterance: max relative error {max(errors.values()):.2e}; HF padded "
           f"batch vs alone {padded_gap:.2e}")
-    assert max(errors.values()) <= TOL, errors
+    assert max(errors.values()) <= TOL_ALONE[family], errors
     if family == "group/post-LN":  # HF's padded GroupNorm differs: the test can tell
         assert padded_gap > 1e-3
     # Full-length rows without a mask: the same as Wav2Vec2Model.

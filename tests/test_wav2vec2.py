@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import gradient_errors
 
 from emosup.convert.hf_wav2vec2 import load_hf_wav2vec2
 from emosup.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model, feature_lengths
@@ -32,7 +33,13 @@ ARCHS = {
                               layer_norm_eps=1e-3),
 }
 LENGTHS = (3000, 2000, 1234)
-TOL = 1e-4
+# Bound on the relative error against HF, per architecture: 10x what was measured on CPU (the
+# worst of every hidden state, masked or not, rounded up), so that a small slip (one bias
+# 0.1 % off) cannot hide under a bound far above what the port achieves.
+TOL = {"group/post-LN": 2e-5,        # measured 1.9e-6
+       "layer/stable-LN": 8e-5,      # measured 7.6e-6
+       "group/post-LN/K15": 6e-5,    # measured 5.1e-6
+       "layer/post-LN/K15": 3e-5}    # measured 2.9e-6
 
 
 def hf_config(**overrides):
@@ -118,7 +125,7 @@ def test_equals_hf_on_every_hidden_state(converted, arch, masked):
     else:
         assert bool(jnp.all(out.frame_mask))
     print(f"{arch} mask={masked}: max relative error {max(errors.values()):.2e}")
-    assert max(errors.values()) <= TOL, errors
+    assert max(errors.values()) <= TOL[arch], errors
     if cfg.do_stable_layer_norm:  # HF 5.x records the last layer's output before the final LN
         assert rel_err(out.hidden_states[-1], out.last_hidden_state) > 1e-2
     else:
@@ -163,13 +170,16 @@ def _loss(model, x, mask, **kw):
     return f
 
 
-def assert_grads_close(g1, g2):
-    """Equal up to float reordering; atol from the largest gradient because some leaves
-    (k_proj bias, whose true gradient is 0) are pure rounding noise."""
+def assert_grads_close(what, g1, g2):
+    """Equal up to float reordering, each tensor on its own scale (helpers.gradient_errors)."""
     assert jax.tree.structure(g1) == jax.tree.structure(g2)
-    scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(g1))
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+    relative, noise = gradient_errors(g1, g2)
+    print(f"{what}: worst per-tensor relative gradient difference {max(relative.values()):.1e}, "
+          f"k_proj bias noise {max(noise.values(), default=0.0):.1e}")
+    # Measured on CPU: 2.7e-6 (frozen encoder), 1.3e-6 (frozen feature_projection), 7.7e-7
+    # (remat); k_proj bias noise 2.3e-7.
+    assert max(relative.values()) <= 3e-5, {k: v for k, v in relative.items() if v > 3e-5}
+    assert max(noise.values(), default=0.0) <= 1e-5, noise
 
 
 def test_freeze_feature_encoder_and_remat_gradients(converted):
@@ -188,8 +198,8 @@ def test_freeze_feature_encoder_and_remat_gradients(converted):
     assert all(bool(jnp.all(g == 0)) for g in fe_frozen)
     assert all(bool(jnp.any(g != 0)) for g in fe_free)
     for name in ("feature_projection", "encoder"):  # everything else unchanged
-        assert_grads_close(free[name], frozen[name])
-    assert_grads_close(free, rematted)  # remat changes memory, not maths
+        assert_grads_close(f"frozen {name}", free[name], frozen[name])
+    assert_grads_close("remat", free, rematted)  # remat changes memory, not maths
     np.testing.assert_allclose(remat.apply(variables, x, mask).last_hidden_state,
                                plain.apply(variables, x, mask).last_hidden_state, rtol=1e-6, atol=1e-6)
 

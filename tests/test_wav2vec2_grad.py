@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import gradient_errors
 
 from emosup.convert.hf_wav2vec2 import convert_state
 from emosup.models import wav2vec2 as w2v
@@ -39,13 +40,6 @@ def hf_model(seed, **overrides):
     return hf
 
 
-def flatten(tree, prefix=()):
-    out = {}
-    for k, v in tree.items():
-        out.update(flatten(v, prefix + (k,)) if isinstance(v, dict) else {prefix + (k,): v})
-    return out
-
-
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_parameter_gradients_equal_hf(family):
     hf = hf_model(1, **FAMILIES[family])
@@ -62,7 +56,7 @@ def test_parameter_gradients_equal_hf(family):
         out = w2v.Wav2Vec2Model(cfg).apply({"params": p}, jnp.asarray(x), jnp.asarray(mask))
         return jnp.mean(jnp.square(out.last_hidden_state))
 
-    ours = flatten(jax.jit(jax.grad(loss))(params))
+    ours = jax.jit(jax.grad(loss))(params)
     hf.zero_grad()
     out = hf(torch.from_numpy(x), attention_mask=torch.from_numpy(mask)).last_hidden_state
     out.square().mean().backward()
@@ -75,17 +69,21 @@ def test_parameter_gradients_equal_hf(family):
         g = p.grad.numpy()
         if leaf == "kernel":  # Linear (out, in) -> (in, out); Conv1d (out, in, k) -> (k, in, out)
             g = g.T if g.ndim == 2 else g.transpose(2, 1, 0)
-        ref[tuple(parts[:-1]) + (leaf,)] = g
-    assert set(ref) == set(ours)
-    scale = max(float(np.max(np.abs(g))) for g in ref.values())
-    worst = 0.0
-    for path, g in ref.items():
-        err = float(np.max(np.abs(np.asarray(ours[path]) - g))) / scale
-        worst = max(worst, err)
-        assert err <= 1e-4, (path, err)
-    pos = ("encoder", "pos_conv_embed", "conv", "kernel")
-    assert float(np.max(np.abs(ref[pos]))) > 1e-3 * scale  # the checked gradient is not ~0
-    print(f"{family}: max |grad error| / max |grad| = {worst:.1e}")
+        ref["/".join(parts[:-1] + [leaf])] = g
+    relative, noise = gradient_errors(ours, ref)  # every tensor on its own scale
+    assert len(relative) + len(noise) == len(jax.tree.leaves(params))
+    assert len(noise) == cfg.num_hidden_layers  # the k_proj biases, whose true gradient is 0
+    worst = max(relative, key=relative.get)
+    print(f"{family}: worst per-tensor ||grad error|| / ||grad|| {relative[worst]:.1e} ({worst}); "
+          f"k_proj bias gradient / k_proj kernel gradient {max(noise.values()):.1e}")
+    # Measured on CPU: worst tensor 1.02e-5 (group/post-LN's layers/1/attention/k_proj/kernel,
+    # the smallest kernel gradient), 3.8e-6 (layer/stable-LN/K15); any one tensor's gradient
+    # off by 0.1 % fails. The k_proj bias noise measured 7.2e-7.
+    assert relative[worst] <= 1.1e-4, {k: v for k, v in relative.items() if v > 1.1e-4}
+    assert max(noise.values()) <= 1e-5, noise
+    pos = "encoder/pos_conv_embed/conv/kernel"
+    # The fast-path kernel gradient is among the largest, not a ~0 one that checks nothing.
+    assert np.linalg.norm(ref[pos]) > 0.1 * max(np.linalg.norm(g) for g in ref.values())
 
 
 @pytest.mark.parametrize("kernel,groups,dtype", [(16, 2, jnp.float32), (15, 4, jnp.float32),
