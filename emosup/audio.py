@@ -18,6 +18,7 @@ Layout is channels-last throughout: waveforms ``[B, N]``, features ``[B, T, F]``
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
@@ -57,8 +58,27 @@ def _resampled_length(n: int, orig_sr: int, sample_rate: int) -> int:
     return (2 * n * sample_rate + orig_sr) // (2 * orig_sr)
 
 
+# libsndfile's header log line for a WAV whose `data` chunk claims more bytes than the file
+# holds, e.g. "data : 16000 (should be 957)"; it then reads the samples that are there.
+_WAV_DATA_CUT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Sizes that streaming writers put in the header when the length is not known up front.
+_WAV_UNKNOWN_SIZE = 0x7FFFF000
+
+
+def _check_truncated(p: str, info) -> None:
+    """A WAV cut short (an interrupted copy or download) would silently load as a shorter clip."""
+    if info.format not in ("WAV", "WAVEX"):
+        return
+    m = _WAV_DATA_CUT.search(info.extra_info or "")
+    if m and int(m.group(2)) < int(m.group(1)) < _WAV_UNKNOWN_SIZE:
+        raise AudioError(
+            f"audio file '{p}': truncated (its header declares {int(m.group(1))} bytes of samples, "
+            f"the file holds {int(m.group(2))}): copy or download it again, or leave it out"
+        )
+
+
 def _open_info(path: PathLike):
-    """soundfile.info with our error messages (missing / unreadable / zero samples)."""
+    """soundfile.info with our error messages (missing / unreadable / truncated / zero samples)."""
     p = os.fspath(path)
     if not os.path.exists(p):
         raise AudioError(f"audio file '{p}': not found")
@@ -66,6 +86,7 @@ def _open_info(path: PathLike):
         info = sf.info(p)
     except Exception as e:  # libsndfile raises several types for corrupt data
         raise AudioError(f"audio file '{p}': unreadable ({e})") from e
+    _check_truncated(p, info)
     if info.frames <= 0:
         raise AudioError(f"audio file '{p}': empty (zero samples)")
     if info.samplerate <= 0 or info.channels <= 0:
@@ -109,7 +130,7 @@ def audio_info(path: PathLike, sample_rate: int = SAMPLE_RATE) -> Tuple[int, int
 
     ``num_frames_at_16k`` equals ``len(load_audio(path))`` (soxr's output length), so
     manifests can store durations without decoding. Raises ``AudioError`` for a missing,
-    unreadable or empty file (not for NaN/silence: that needs the samples).
+    unreadable, truncated or empty file (not for NaN/silence: that needs the samples).
     """
     info = _open_info(path)
     n = _resampled_length(int(info.frames), int(info.samplerate), sample_rate)
@@ -122,7 +143,8 @@ def load_audio(
     """Read a WAV/FLAC file as mono float32 ``[N]`` at ``sample_rate``.
 
     Any channel count is averaged to mono, any rate is resampled with soxr (HQ).
-    Raises ``AudioError`` ("not found", "unreadable", "empty", "non-finite", "silent").
+    Raises ``AudioError`` ("not found", "unreadable", "truncated", "empty", "non-finite",
+    "silent").
     """
     info = _open_info(path)
     wav = _read_mono(path)

@@ -90,11 +90,23 @@ def write_model_json(directory, model_config):
 
 def read_model_json(directory):
     path = pathlib.Path(directory) / MODEL_JSON
+    if not pathlib.Path(directory).is_dir():
+        raise CheckpointError(
+            f"{directory}: no such folder (expected an emosup training workdir or a folder "
+            "written by `python -m emosup.convert`)")
     if not path.is_file():
         raise CheckpointError(
             f"{directory} is not an emosup checkpoint: {MODEL_JSON} is missing (expected a "
             "training workdir or a folder written by `python -m emosup.convert`)")
-    return json.loads(path.read_text())
+    try:
+        model_config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); export or convert the "
+                              "encoder again into an empty folder") from e
+    if not isinstance(model_config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(model_config).__name__}; "
+                              "export or convert the encoder again into an empty folder")
+    return model_config
 
 
 def export_encoder(out_dir, model_config, variables):
@@ -117,8 +129,16 @@ def numpy_target(tree_metadata):
 def restore_variables(path):
     """The pytree of an Orbax StandardCheckpointer folder (`variables/`), as numpy arrays."""
     checkpointer = ocp.StandardCheckpointer()
-    meta = checkpointer.metadata(path)
-    return checkpointer.restore(path, numpy_target(getattr(meta, "item_metadata", meta)))
+    try:
+        meta = checkpointer.metadata(path)
+        return checkpointer.restore(path, numpy_target(getattr(meta, "item_metadata", meta)))
+    except Exception as e:  # Orbax raises many types for a missing or damaged folder
+        raise CheckpointError(
+            f"{path}: not a readable variables folder ({type(e).__name__}: {e}); it is incomplete "
+            "or damaged: write it again (rerun the conversion or the fine-tuning into an empty "
+            "folder)") from e
+    finally:
+        checkpointer.close()
 
 
 def restore_state(ckpt_dir):
@@ -128,7 +148,8 @@ def restore_state(ckpt_dir):
     try:
         step = manager.latest_step()
         if step is None:
-            raise CheckpointError(f"{ckpt_dir} holds no finished checkpoint")
+            raise CheckpointError(f"{ckpt_dir} holds no finished checkpoint: the run stopped "
+                                  "before its first one; rerun its command to train it")
         target = numpy_target(manager.item_metadata(step)["state"])
         return step, manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     finally:
@@ -151,7 +172,10 @@ def load_encoder_variables(directory):
         return model_config, {"params": params, "batch_stats": stats}
     ckpt_dir = directory / "checkpoints"
     if not ckpt_dir.is_dir():
-        raise CheckpointError(f"{directory} has {MODEL_JSON} but neither variables/ nor checkpoints/")
+        raise CheckpointError(
+            f"{directory} has {MODEL_JSON} but neither variables/ nor checkpoints/: a training run "
+            "stopped before its first checkpoint (rerun its command), or a copy that left them "
+            "out (copy the whole folder)")
     step, state = restore_state(ckpt_dir)
     try:
         params = state["params"]["encoder"]

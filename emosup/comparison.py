@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 from absl import logging
 
-from emosup import finetune, finetune_w2v2, metrics, tasks, train
+from emosup import config_lib, finetune, finetune_w2v2, metrics, tasks, train
 
 ARMS = ("scratch",) + tasks.OBJECTIVES + finetune_w2v2.ARMS
 METRICS = ("macro_f1", "uar", "accuracy", "ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean")
@@ -102,13 +102,39 @@ def combine_folds(fold_results, fold_names):
     return combined
 
 
-def run(config, workdir, corpus, speaker_dir):
-    """Runs every arm × seed; returns the results.json dict."""
-    workdir = pathlib.Path(workdir)
+def validate(config):
+    """Fails before any work: the arms, the seeds and the pretraining and fine-tuning configs
+    every arm will run with (train.validate, finetune.validate, finetune_w2v2.validate)."""
     arms = list(config.arms.names)
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
-        raise ValueError(f"config.arms.names: unknown arms {unknown}; known: {list(ARMS)}")
+        raise ValueError(f"config.arms.names={tuple(arms)!r}: unknown arms {unknown}; known: {list(ARMS)}")
+    if not arms:
+        return
+    if not config.arms.seeds:
+        raise ValueError(f"config.arms.seeds={tuple(config.arms.seeds)!r}: the arms {arms} need at least "
+                         "one seed, e.g. seeds=3")
+    seed = config.arms.seeds[0]
+    if any(a in tasks.OBJECTIVES for a in arms):
+        config_lib.check_crop_seconds("config.arms.pretrain_crop_seconds", config.arms.pretrain_crop_seconds)
+        for field in ("pretrain_steps", "pretrain_batch_size", "speaker_batch_size"):
+            if not (isinstance(config.arms[field], int) and config.arms[field] > 0):
+                raise ValueError(f"config.arms.{field}={config.arms[field]!r}: must be a positive integer")
+        for arm in arms:
+            if arm in tasks.OBJECTIVES:
+                train.validate(_pretrain_config(config, arm, seed, "the study's speaker encoder"))
+    # The fine-tuning settings are config.finetune, its data those of config.data.
+    if any(a not in finetune_w2v2.ARMS for a in arms):
+        finetune.validate(_finetune_config(config, None, seed), "config.finetune")
+    if any(a in finetune_w2v2.ARMS for a in arms):
+        finetune_w2v2.validate(_w2v2_config(config, seed, "the study's speaker encoder"), name="config.finetune")
+
+
+def run(config, workdir, corpus, speaker_dir):
+    """Runs every arm × seed; returns the results.json dict."""
+    workdir = pathlib.Path(workdir)
+    validate(config)
+    arms = list(config.arms.names)
     cache, runs = {}, {a: [] for a in arms}
     for seed in config.arms.seeds:
         for arm in arms:

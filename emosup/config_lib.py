@@ -11,7 +11,8 @@ import ml_collections
 
 
 def parse_arg(arg, **defaults):
-    """"a=1,b=x" → ConfigDict with the defaults' types; unknown keys fail naming them."""
+    """"a=1,b=x" → ConfigDict with the defaults' types; unknown keys and values that are not of
+    their default's type (bool: 1/0, true/false, yes/no) fail naming them."""
     out = dict(defaults)
     for part in filter(None, (arg or "").split(",")):
         if "=" not in part:
@@ -22,13 +23,34 @@ def parse_arg(arg, **defaults):
             raise ValueError(f"config argument {key!r} is not known; expected one of {sorted(defaults)}")
         default = defaults[key]
         if isinstance(default, bool):
-            value = value.strip().lower() in ("1", "true", "yes")
-        elif isinstance(default, int):
-            value = int(value)
-        elif isinstance(default, float):
-            value = float(value)
+            flag = value.strip().lower()
+            if flag not in ("1", "true", "yes", "0", "false", "no", ""):
+                raise ValueError(f"config argument {key}={value!r}: expected 1/0, true/false or yes/no")
+            value = flag in ("1", "true", "yes")
+        elif isinstance(default, (int, float)):
+            kind = int if isinstance(default, int) else float
+            try:
+                value = kind(value)
+            except ValueError:
+                raise ValueError(f"config argument {key}={value!r}: expected "
+                                 f"{'an integer' if kind is int else 'a number'}") from None
         out[key] = value
     return ml_collections.ConfigDict(out)
+
+
+# The shortest training crop: 5 frames of 10 ms (640 samples at 16 kHz), the fewest ECAPA-TDNN
+# accepts (its dilation-4 convolution reflect-pads 4 frames on each side; emosup.embed skips
+# shorter utterances for the same reason); above wav2vec2's 400-sample receptive field too.
+MIN_CROP_SECONDS = 0.04
+
+
+def check_crop_seconds(field, value):
+    """ValueError naming `field` (e.g. "config.data.crop_seconds") unless `value` is a crop
+    length of at least 40 ms."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= MIN_CROP_SECONDS:
+        raise ValueError(f"{field}={value!r}: crops must be at least {MIN_CROP_SECONDS} s "
+                         f"(5 frames of 10 ms, the fewest ECAPA-TDNN accepts); give a length in "
+                         "seconds such as 1.0 or 2.0")
 
 
 def synthetic_defaults():
@@ -165,6 +187,7 @@ def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, bat
     batch_size = batch_size or (8 if tiny else 32)
     c = speaker_config(manifest=manifest, synthetic_dir=synthetic_dir, preset=preset, steps=steps,
                        batch_size=batch_size)
+    c.stage = "experiment"  # what emosup.experiment runs; emosup.train trains its speaker encoder
     if tiny:  # seconds, for the end-to-end test: a handful of speakers and steps
         c.data.synthetic.update(TINY_SYNTHETIC)
         c.data.crop_seconds = 1.0
@@ -212,6 +235,9 @@ def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, bat
     return c
 
 
+STAGES = ("experiment", "speaker", "pretrain", "finetune")  # the `stage=` of corpus configs
+
+
 def corpus_config(corpus, arg, *, classes, target="categorical", options=None, extra_args=None,
                   fold_option="", folds=(), trials_option="", arms="all"):
     """A downloaded corpus with its standard protocol, for every stage (configs/<corpus>.py).
@@ -224,12 +250,18 @@ def corpus_config(corpus, arg, *, classes, target="categorical", options=None, e
     `classes` may be a function of the parsed arguments.
     """
     extra_args = dict(extra_args or {})
-    a = parse_arg(arg, root="", stage="experiment", objective="contrastive", pairs_encoder="", init="",
-                  preset="c512", steps=0, batch_size=0, arms=arms, seeds=3, labels_per_class=0,
-                  folds="all", tiny=False, **extra_args)
+    by_stage = dict(objective="contrastive", pairs_encoder="", init="")  # args of one stage only
+    a = parse_arg(arg, root="", stage="experiment", preset="c512", steps=0, batch_size=0, arms=arms,
+                  seeds=3, labels_per_class=0, folds="all", tiny=False, **by_stage, **extra_args)
     if not a.root:
         raise ValueError(f"configs/{corpus}.py needs root=<the downloaded {corpus} folder>, e.g. "
                          f"--config=configs/{corpus}.py:root=/data/{corpus}")
+    if a.stage not in STAGES:
+        raise ValueError(f"config argument stage={a.stage!r}: expected one of {', '.join(STAGES)}")
+    for key, stage in (("objective", "pretrain"), ("pairs_encoder", "pretrain"), ("init", "finetune")):
+        if a[key] != by_stage[key] and a.stage != stage:
+            raise ValueError(f"config argument {key}={a[key]!r} applies to stage={stage} only, but this "
+                             f"is stage={a.stage}: add stage={stage} or drop {key}=")
     tiny = bool(a.tiny)
     c = experiment_config(preset="tiny" if tiny else a.preset, steps=a.steps or (6 if tiny else 6000),
                           batch_size=a.batch_size or (8 if tiny else 64), tiny=tiny, arms=a.arms,
@@ -253,26 +285,40 @@ def corpus_config(corpus, arg, *, classes, target="categorical", options=None, e
     c.finetune.ser.classes = tuple(classes(a) if callable(classes) else classes)
     c.finetune.ser.target = target
     c.protocol.fold_option = fold_option
-    if folds:
-        chosen = tuple(folds) if str(a.folds).lower() == "all" else tuple(
-            type(folds[0])(f) for f in str(a.folds).split("+"))
-        unknown = [f for f in chosen if f not in folds]
-        if unknown:
-            raise ValueError(f"config argument folds={a.folds!r}: unknown folds {unknown}; known {list(folds)}")
-        c.protocol.folds = chosen
-    if a.stage == "experiment":
-        return c
-    if a.stage == "speaker":
+    c.protocol.folds = _folds(corpus, a.folds, folds)
+    c.stage = a.stage
+    if a.stage in ("experiment", "speaker"):
         return c
     if a.stage == "pretrain":
         c.objective, c.pairs.encoder = a.objective, a.pairs_encoder
         c.total_steps, c.batch_size = c.arms.pretrain_steps, c.arms.pretrain_batch_size
         return c
-    if a.stage == "finetune":
-        f = c.finetune
-        f.init = a.init
-        crop = f.data.crop_seconds
-        f.data = c.data
-        f.data.crop_seconds = crop
-        return f
-    raise ValueError(f"config argument stage={a.stage!r}: expected experiment, speaker, pretrain or finetune")
+    f = c.finetune  # stage finetune
+    f.init = a.init
+    crop = f.data.crop_seconds
+    f.data = c.data
+    f.data.crop_seconds = crop
+    return f
+
+
+def _folds(corpus, arg, folds):
+    """The folds that `folds=arg` chooses among the corpus's `folds` (() when it has none)."""
+    text = str(arg).strip()
+    if not folds:
+        if text.lower() != "all":
+            raise ValueError(f"config argument folds={arg!r}: configs/{corpus}.py has no folds (its "
+                             "protocol is one train/dev/test split); drop folds=")
+        return ()
+    if text.lower() == "all":
+        return tuple(folds)
+    example = "+".join(str(f) for f in folds[:2])
+    try:
+        chosen = tuple(type(folds[0])(f.strip()) for f in text.split("+"))
+    except ValueError:
+        raise ValueError(f"config argument folds={arg!r}: expected `all` or folds joined by `+` "
+                         f"from {list(folds)}, e.g. folds={example}") from None
+    unknown = [f for f in chosen if f not in folds]
+    if unknown:
+        raise ValueError(f"config argument folds={arg!r}: unknown folds {unknown}; known {list(folds)}, "
+                         f"e.g. folds={example}")
+    return chosen

@@ -27,7 +27,9 @@ every padded frame and takes the GroupNorm statistics over the valid frames: eac
 HF on that utterance alone, whatever the batching, so `return_attention_mask` (which changes
 nothing for a single unpadded utterance) is not needed. Utterances shorter than the conv
 stack's receptive field (400 samples = 25 ms for the published models) give no frame and are
-skipped as unreadable ones are.
+skipped as unreadable ones are; so are utterances too short for ECAPA-TDNN's reflect padding
+(640 samples = 40 ms: SpeechBrain cannot embed them, and with one frame the normalised
+features are all zero).
 """
 import collections
 import concurrent.futures
@@ -45,8 +47,25 @@ from emosup import audio, checkpoint, logs, parallel
 from emosup.data import manifest as manifest_lib
 from emosup.data import pipeline
 from emosup.models import w2v2_ser
+from emosup.models.layers import same_padding
 from emosup.models.speaker import build_encoder
 from emosup.models.wav2vec2 import Wav2Vec2Config
+
+
+def shortest_input(model):
+    """(fewest 16 kHz samples an utterance may have, why) for an ECAPA-TDNN module or a
+    Wav2Vec2Config; shorter utterances are skipped (embedding, training) with that reason."""
+    if isinstance(model, Wav2Vec2Config):
+        n = model.receptive_field
+        return n, f"the encoder's receptive field of {n} samples (no frame)"
+    # SpeechBrain's ECAPA-TDNN reflect-pads each convolution, which needs more frames than the
+    # padding: its dilation-4 layer needs 5 frames (640 samples, 40 ms). With fewer there is no
+    # reference embedding (with 1 frame the mean-normalised features are all zero: every such
+    # utterance would get the same embedding).
+    pad = max(same_padding(k, d) for k, d in zip(model.kernel_sizes, model.dilations))
+    n = pad * audio.HOP  # 1 + n // HOP >= pad + 1 frames
+    return n, (f"the {n} samples ({1000 * n // audio.SAMPLE_RATE} ms, {pad + 1} frames) ECAPA-TDNN "
+               f"needs: its widest convolution reflect-pads {pad} frames on each side")
 
 
 class Encoder:
@@ -68,6 +87,10 @@ class Encoder:
         else:
             self.directory, self.model_config, self.variables = None, model_config, variables
         where = f"{self.directory}/model.json" if self.directory else "model_config"
+        if self.model_config.get("encoder") not in ("ecapa", "wav2vec2"):
+            raise ValueError(f"{where}: encoder={self.model_config.get('encoder')!r} is not supported "
+                             "(expected 'ecapa' or 'wav2vec2': a folder written by emosup training or "
+                             "`python -m emosup.convert`)")
         if self.model_config.get("encoder") == "wav2vec2":
             self.w2v2_config = Wav2Vec2Config.from_dict(self.model_config["wav2vec2"])
             features = self.model_config.get("features", {})
@@ -78,14 +101,15 @@ class Encoder:
             self.layer = w2v2_ser.check_layer(self.w2v2_config, -1 if layer is None else layer)
             self.do_normalize = bool(features.get("do_normalize", True))
             self.module = w2v2_ser.Wav2Vec2PerUtterance(self.w2v2_config)
-            self.min_samples = self.w2v2_config.receptive_field
+            self.min_samples, self.too_short = shortest_input(self.w2v2_config)
             fn = _w2v2_embed_fn(self.module, self.layer, self.do_normalize)
         else:
             if layer is not None:
                 raise ValueError(f"{where}: layer={layer!r} applies to wav2vec2 encoders only, "
                                  f"not encoder={self.model_config.get('encoder')!r}")
             self.module = build_encoder(self.model_config)
-            self.w2v2_config, self.layer, self.min_samples = None, None, 1
+            self.w2v2_config, self.layer = None, None
+            self.min_samples, self.too_short = shortest_input(self.module)
             fn = _embed_fn(self.module)
         self._fn = fn
         self.name = name or self.model_config.get("source", self.directory)
@@ -153,18 +177,14 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
     mesh = (parallel.local_mesh() if hosts > 1 else parallel.make_mesh()) if mesh is None else mesh
     skip_log = pipeline.SkipLog() if skip_log is None else skip_log
     n = len(paths)
-    lengths, _ = pipeline.scan_utterances(paths, skip_log)
+    lengths, _ = pipeline.scan_utterances(paths, skip_log, min_samples=encoder.min_samples,
+                                          too_short=encoder.too_short)
     batch = batch_per_device * mesh.devices.size
     bucket = int(bucket_seconds * audio.SAMPLE_RATE)
     n_feat = 2 * encoder.model_config["features"].get("n_mels", audio.N_MELS)
     emb = np.full((n, encoder.dim), np.nan, np.float32)
     stats = np.full((n, n_feat), np.nan, np.float32)
     valid = np.zeros(n, bool)
-    min_samples = getattr(encoder, "min_samples", 1)  # > 1 for wav2vec2 only
-    for i in np.flatnonzero((lengths > 0) & (lengths < min_samples)):
-        skip_log.add(paths[i], f"{lengths[i]} samples: shorter than the encoder's receptive field "
-                               f"of {min_samples} samples (no frame)")
-        lengths[i] = 0
     order = [i for i in np.argsort(lengths, kind="stable") if lengths[i] > 0]
     fn = encoder.jitted(mesh)
     variables = parallel.replicate(encoder.variables, mesh)

@@ -27,8 +27,22 @@ from ml_collections import config_flags
 from emosup import logs
 
 
+def validate(config):
+    """Fails before any work (corpus, training), naming the first bad field: the stage, the
+    speaker encoder's training config and every arm's (comparison.validate)."""
+    stage = config.get("stage", "experiment")
+    if stage != "experiment":
+        raise ValueError(f"config.stage={stage!r}: `python -m emosup.experiment` runs stage=experiment "
+                         f"(the default); run stage={stage} with `python -m emosup.train`")
+    from emosup import comparison, train
+
+    train.validate(config)
+    comparison.validate(config)
+
+
 def run(config, workdir):
     """The whole job; with `config.protocol.folds`, once per fold, then averaged over folds."""
+    validate(config)
     workdir = pathlib.Path(workdir).absolute()
     if not config.protocol.folds:
         return _run_one(config, workdir)

@@ -11,10 +11,11 @@ dev is the CSV's `dev` rows or, without them, a seeded `dev_fraction` of the poo
 Schedule: the encoder is frozen (running BatchNorm statistics, learning rate 0) for
 `freeze_steps`, then trained with `lr_encoder`; the head always learns with `lr_head`.
 Every `eval_every` steps dev is scored (macro-F1; mean CCC for a dimensional-only head)
-and the best variables are kept; the test split is scored once with them. After every dev
-evaluation the state, the best variables and the history are checkpointed in
-`workdir/checkpoints`: rerunning a killed run's command resumes it and ends with the same
-results as an unbroken run.
+and the best variables are kept; the test split is scored once with them. The history
+records each evaluation with the training losses averaged over the steps since the
+previous one. After every dev evaluation the state, the best variables and the history are
+checkpointed in `workdir/checkpoints`: rerunning a killed run's command resumes it and ends
+with the same results as an unbroken run.
 """
 import json
 import pathlib
@@ -28,10 +29,10 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from emosup import audio, checkpoint, losses, metrics, parallel
+from emosup import audio, checkpoint, config_lib, losses, metrics, parallel
 from emosup.data import corpus as corpus_lib
 from emosup.data import pipeline
-from emosup.embed import Encoder, embed_paths
+from emosup.embed import Encoder, embed_paths, shortest_input
 from emosup.models import ecapa
 from emosup.models.heads import SerHead
 from emosup.models.speaker import build_encoder
@@ -147,14 +148,36 @@ def restore(ckpt, state, skip_log):
     return restored, int(meta["step"]), meta["history"], extras["best"], best_score
 
 
+def window_means(window):
+    """Each training metric averaged over the steps of `window` (a list of per-step metric
+    dicts, device values), which is then emptied: the history records the mean since the
+    previous evaluation, not one batch's value."""
+    host = jax.device_get(window)
+    window.clear()
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
 def _selection_score(result, target):
     return result["macro_f1"] if target != "dimensional" else result["ccc_mean"]
 
 
+def validate(config, name="config"):
+    """Fails before any work, naming the first bad field (as `name`.field: the experiment's
+    fine-tuning settings are `config.finetune`) and what it expects."""
+    if config.ser.target not in _TARGETS:
+        raise ValueError(f"{name}.ser.target={config.ser.target!r}: expected one of {_TARGETS}")
+    config_lib.check_crop_seconds(f"{name}.data.crop_seconds", config.data.crop_seconds)
+    if not config.init and config.model.preset not in ecapa.PRESETS:
+        raise ValueError(f"{name}.model.preset={config.model.preset!r}: expected one of "
+                         f"{sorted(ecapa.PRESETS)} (or an init= encoder)")
+    for field in ("batch_size", "total_steps", "eval_every"):
+        if not (isinstance(config[field], int) and config[field] > 0):
+            raise ValueError(f"{name}.{field}={config[field]!r}: must be a positive integer")
+
+
 def run(config, workdir, corpus=None):
     """Fine-tunes and evaluates; writes results.json, confusion.png and variables/ into workdir."""
-    if config.ser.target not in _TARGETS:
-        raise ValueError(f"config.ser.target={config.ser.target!r}: expected one of {_TARGETS}")
+    validate(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = corpus or corpus_lib.open_corpus(config.data, workdir)
@@ -229,7 +252,8 @@ def run(config, workdir, corpus=None):
     skip_log = pipeline.SkipLog()
     paths = [u.path for u in train_rows]
     labels = np.array([classes.index(u.emotion) for u in train_rows], np.int32)
-    lengths, _ = pipeline.scan_utterances(paths, skip_log)
+    min_samples, too_short = shortest_input(encoder)
+    lengths, _ = pipeline.scan_utterances(paths, skip_log, min_samples=min_samples, too_short=too_short)
     dims_all = _dims(train_rows, corpus.manifest_path) if n_dims else None
     sampler = pipeline.CropSampler(lengths, crop, config.batch_size, config.seed)
 
@@ -243,7 +267,7 @@ def run(config, workdir, corpus=None):
 
     # --- Loop with dev selection; a checkpoint after every dev evaluation. ---
     eval_enc = Encoder(model_config=model_config, variables=None, name=model_config.get("source"))
-    t0 = time.time()
+    t0, window = time.time(), []
     try:
         for step in range(start_step, config.total_steps):
             batch = next(batches)
@@ -252,14 +276,16 @@ def run(config, workdir, corpus=None):
                 rows = [sampler(step, first + r)[0] for r in range(local_batch)]
                 batch["dims"] = dims_all[rows]
             state, m = steps[step < freeze](state, parallel.to_global(batch, mesh))
+            window.append(m)
             done = step + 1
             if done % config.eval_every == 0 or done == config.total_steps:
+                m = window_means(window)
                 host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
                 eval_enc.variables = {"params": host["params"]["encoder"],
                                       "batch_stats": host["batch_stats"]["encoder"]}
                 dev = evaluate(eval_enc, head, host["params"]["ser_head"], dev_rows, classes, target)
                 score = _selection_score(dev, target)
-                history.append({"step": done, "loss": float(m["loss"]), "dev": {
+                history.append({"step": done, "loss": m["loss"], "dev": {
                     k: v for k, v in dev.items() if k not in ("probabilities", "confusion")}})
                 logging.info("finetune step %d/%d  loss %.4f  dev %s %.4f%s  (%.0fs)", done, config.total_steps,
                              float(m["loss"]), "macro-F1" if target != "dimensional" else "CCC", score,

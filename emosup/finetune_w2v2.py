@@ -31,9 +31,10 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from emosup import audio, checkpoint, losses, parallel
+from emosup import audio, checkpoint, finetune, losses, parallel
+from emosup.convert import hf_wav2vec2
 from emosup.data import pipeline
-from emosup.finetune import DIMENSIONS, _dims, _selection_score, _split_rows, restore, scores
+from emosup.finetune import DIMENSIONS, _dims, _selection_score, _split_rows, restore, scores, window_means
 from emosup.models import w2v2_ser
 from emosup.models.heads import ProjectionHead, SerHead
 from emosup.models.speaker import build_encoder
@@ -91,24 +92,67 @@ def _normalise(wavs, lengths, do_normalize):
     return w2v2_ser.zero_mean_unit_var(wavs, lengths) if do_normalize else wavs
 
 
+_CONVERT = "convert an HF checkpoint with `python -m emosup.convert wav2vec2 SRC_DIR OUT_DIR` and give OUT_DIR"
+
+
 def _w2v2_init(w2v2):
-    """(Wav2Vec2Config, do_normalize, source, pretrained body params or None) of `config.w2v2`."""
-    if w2v2.init:
-        model_config, variables = checkpoint.load_encoder_variables(w2v2.init)
-        if model_config.get("encoder") != "wav2vec2":
-            raise ValueError(f"config.w2v2.init={w2v2.init}: model.json says encoder="
-                             f"{model_config.get('encoder')!r}, expected a wav2vec2 folder")
-        cfg = Wav2Vec2Config.from_dict(model_config["wav2vec2"])
-        return (cfg, bool(model_config.get("features", {}).get("do_normalize", True)),
-                model_config.get("source", str(w2v2.init)), variables["params"])
-    cfg = Wav2Vec2Config.from_dict(w2v2.model.to_dict())
-    return cfg, True, "random " + cfg.family + " (no pretrained checkpoint)", None
+    """(Wav2Vec2Config, do_normalize, source, pretrained body params or None) of `config.w2v2`.
+
+    The architecture is the one the init folder's model.json describes (`w2v2.model` is used
+    only without an init); its variables must have every weight of that architecture, with
+    its shape. Raises ValueError naming `config.w2v2.init`, the problem and the fix.
+    """
+    if not w2v2.init:
+        cfg = Wav2Vec2Config.from_dict(w2v2.model.to_dict())
+        return cfg, True, "random " + cfg.family + " (no pretrained checkpoint)", None
+    where = f"config.w2v2.init={w2v2.init}"
+    init = pathlib.Path(w2v2.init)
+    if (init / "config.json").is_file() and not (init / checkpoint.MODEL_JSON).is_file():
+        raise ValueError(f"{where}: a HuggingFace folder, not yet converted: {_CONVERT}")
+    model_config = checkpoint.read_model_json(init)
+    if model_config.get("encoder") != "wav2vec2":
+        raise ValueError(f"{where}: model.json says encoder={model_config.get('encoder')!r}, expected "
+                         f"a wav2vec2 folder: {_CONVERT}")
+    rate = model_config.get("features", {}).get("sampling_rate", audio.SAMPLE_RATE)
+    if rate != audio.SAMPLE_RATE:
+        raise ValueError(f"{where}: model.json says features.sampling_rate={rate}, but audio is read "
+                         f"at {audio.SAMPLE_RATE} Hz: give a wav2vec2 converted from a checkpoint "
+                         "trained on 16 kHz speech")
+    cfg = Wav2Vec2Config.from_dict(model_config["wav2vec2"])
+    _, variables = checkpoint.load_encoder_variables(init)
+    expected = hf_wav2vec2.param_shapes(cfg)
+    got = {tuple(k.key for k in p): np.shape(a)
+           for p, a in jax.tree_util.tree_leaves_with_path(variables["params"])}
+    problems = ([f"{'/'.join(p)}: saved {got[p]}, model {expected[p]}"
+                 for p in expected if p in got and tuple(got[p]) != tuple(expected[p])]
+                + [f"{'/'.join(p)}: missing" for p in expected if p not in got]
+                + [f"{'/'.join(p)}: not a weight of the model" for p in got if p not in expected])
+    if problems:
+        raise ValueError(
+            f"{where}: its variables do not fit the wav2vec2 its model.json describes "
+            f"({cfg.num_hidden_layers} layers x hidden_size {cfg.hidden_size}); {len(problems)} "
+            f"problem(s), first: {'; '.join(problems[:3])}. The folder mixes two models: convert the "
+            "HF checkpoint again into an empty OUT_DIR (`python -m emosup.convert wav2vec2 SRC_DIR "
+            "OUT_DIR`)")
+    return (cfg, bool(model_config.get("features", {}).get("do_normalize", True)),
+            model_config.get("source", str(w2v2.init)), variables["params"])
+
+
+def validate(config, arm=None, name="config", check_init=True):
+    """Fails before any work: the arm, the SER settings (finetune.validate, fields named as
+    `name`.field) and, with `check_init`, config.w2v2.init (which this reads whole)."""
+    if arm is not None and arm not in ARMS:
+        raise ValueError(f"wav2vec2 arm {arm!r}: expected one of {ARMS}")
+    finetune.validate(config, name)
+    if check_init:
+        _w2v2_init(config.w2v2)
 
 
 def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None, embedding_cache=None):
     """Fine-tunes arm `arm` and evaluates; writes results.json into workdir (finetune's schema)."""
-    if arm not in ARMS:
-        raise ValueError(f"wav2vec2 arm {arm!r}: expected one of {ARMS}")
+    validate(config, arm, check_init=False)
+    # The init is read (and checked) once, before any other work.
+    w2v2_cfg, do_normalize, source, pretrained = _w2v2_init(config.w2v2)
     from emosup import embed, train  # pair tables and the ECAPA embedder
 
     workdir = pathlib.Path(workdir).absolute()
@@ -138,7 +182,6 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
                                        embedding_cache)
 
     # --- Model. ---
-    w2v2_cfg, do_normalize, source, pretrained = _w2v2_init(config.w2v2)
     ecapa = ecapa_vars = None
     if arm == "w2v2_fusion":
         ecapa_config, ecapa_vars = checkpoint.load_encoder_variables(fusion_encoder)
@@ -231,7 +274,10 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
     # --- Data: labelled crops (and pair groups), pure functions of (seed, step). ---
     paths = [u.path for u in train_rows]
     labels = np.array([classes.index(u.emotion) for u in train_rows], np.int32)
-    lengths, _ = pipeline.scan_utterances(paths, skip_log)
+    # The fusion arm also runs its ECAPA on these crops: the longer of the two minimums.
+    min_samples, too_short = max([embed.shortest_input(w2v2_cfg)]
+                                 + ([embed.shortest_input(ecapa)] if ecapa else []))
+    lengths, _ = pipeline.scan_utterances(paths, skip_log, min_samples=min_samples, too_short=too_short)
     dims_all = _dims(train_rows, corpus.manifest_path) if n_dims else None
     sampler = pipeline.CropSampler(lengths, crop, config.batch_size, config.seed)
 
@@ -275,7 +321,7 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
         return scores(np.stack(out_logits) if n_classes else None,
                       np.stack(out_dims) if n_dims else None, valid, rows, classes)
 
-    t0 = time.time()
+    t0, window = time.time(), []
     try:
         for s in range(start_step, config.total_steps):
             batch = next(batches)
@@ -287,12 +333,14 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
                 batch.update(pair_audio=p["audio"], pair_lengths=p["lengths"], pair_labels=p["labels"],
                              pair_weights=p["weights"])
             state, m = step_fn(state, parallel.to_global(batch, mesh), jax.random.fold_in(key, 1000 + s))
+            window.append(m)
             done = s + 1
             if done % config.eval_every == 0 or done == config.total_steps:
+                m = window_means(window)
                 host = jax.device_get(state.params)
                 dev = evaluate(host, dev_rows)
                 score = _selection_score(dev, target)
-                history.append({"step": done, **{k: float(v) for k, v in m.items()},
+                history.append({"step": done, **m,
                                 "dev": {k: v for k, v in dev.items() if k != "confusion"}})
                 logging.info("finetune %s step %d/%d  loss %.4f  dev %.4f%s  (%.0fs)", arm, done,
                              config.total_steps, float(m["loss"]), score,

@@ -25,6 +25,13 @@ from emosup.models.heads import SerHead
 
 def load_model(directory):
     """(Encoder, head module, head params, classes, dimensions) of a fine-tuned model folder."""
+    if not os.path.isfile(os.path.join(directory, checkpoint.MODEL_JSON)) and os.path.isdir(
+            os.path.join(directory, "checkpoints")):
+        raise checkpoint.CheckpointError(
+            f"{directory} holds no finished fine-tuned model: it has checkpoints/ but no "
+            f"{checkpoint.MODEL_JSON}, which ECAPA fine-tuning writes with variables/ when it ends "
+            "(the wav2vec2 arms export none): rerun an unfinished fine-tuning command to finish it, "
+            "then give its workdir")
     model_config = checkpoint.read_model_json(directory)
     ser = model_config.get("ser")
     if not ser:
@@ -84,7 +91,11 @@ def main(argv):
     if not files:
         print("usage: python -m emosup.predict --checkpoint=DIR a.wav [b.wav ...] [--json]", file=sys.stderr)
         return 2
-    rows = predict(FLAGS.checkpoint, files)
+    try:
+        rows = predict(FLAGS.checkpoint, files)
+    except checkpoint.CheckpointError as e:
+        print(f"emosup.predict: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(rows, indent=2) if FLAGS.json else format_table(rows))
     return 1 if any("error" in r for r in rows) else 0
 

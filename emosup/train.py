@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from flax.training import train_state
 from ml_collections import config_flags
 
-from emosup import audio, checkpoint, distributed, logs, optim, parallel, tasks
+from emosup import audio, checkpoint, config_lib, distributed, logs, optim, parallel, tasks
 from emosup.data import corpus as corpus_lib
 from emosup.data import manifest as manifest_lib
 from emosup.data import pairs as pairs_lib
@@ -196,8 +196,7 @@ def validate(config):
     for field in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         if int(config[field]) <= 0:
             raise ValueError(f"config.{field}={config[field]!r}: must be a positive integer")
-    if not config.data.crop_seconds > 0.025:
-        raise ValueError(f"config.data.crop_seconds={config.data.crop_seconds!r}: must exceed one 25 ms frame")
+    config_lib.check_crop_seconds("config.data.crop_seconds", config.data.crop_seconds)
 
 
 def run(config, workdir, corpus=None, embedding_cache=None):
@@ -230,8 +229,11 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     paths = [u.path for u in train_rows]
     labels = np.array([spk_index[u.speaker] for u in train_rows], np.int32)
     skip_log = pipeline.SkipLog()
-    lengths, _ = pipeline.scan_utterances(paths, skip_log)
-    logging.info("corpus %s: %d utterances, %d speakers in %r (%d unreadable, skipped)",
+    from emosup.embed import shortest_input
+
+    min_samples, too_short = shortest_input(build_encoder(model_config_from(config)))
+    lengths, _ = pipeline.scan_utterances(paths, skip_log, min_samples=min_samples, too_short=too_short)
+    logging.info("corpus %s: %d utterances, %d speakers in %r (%d unreadable or too short, skipped)",
                  corpus.name, len(paths), len(speakers), corpus.train_split, len(skip_log))
 
     # --- Mesh, model, optimiser. ---

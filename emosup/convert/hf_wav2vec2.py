@@ -102,6 +102,13 @@ def read_features(src_dir: os.PathLike | str) -> dict:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ConversionError(f"{path}: '{key}' must be {kind.__name__}, got {value!r}")
         out[key] = value
+    if out["sampling_rate"] != FEATURE_DEFAULTS["sampling_rate"]:
+        # emosup resamples every file to 16 kHz; a model trained at another rate would be fed
+        # audio of the wrong rate.
+        raise ConversionError(
+            f"{path}: sampling_rate={out['sampling_rate']}, but emosup feeds wav2vec2 "
+            f"{FEATURE_DEFAULTS['sampling_rate']} Hz audio: convert a checkpoint trained on 16 kHz "
+            "speech (or, if this one was, set sampling_rate to 16000 in that file)")
     return out
 
 

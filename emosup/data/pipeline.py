@@ -54,8 +54,9 @@ class SkipLog:
             return dict(self.reasons)
 
 
-def scan_utterances(paths, skip_log=None):
-    """Lengths (16 kHz samples) of each file; unreadable or empty ones get 0 and are logged."""
+def scan_utterances(paths, skip_log=None, *, min_samples=1, too_short=""):
+    """Lengths (16 kHz samples) of each file; unreadable or empty ones, and those shorter than
+    `min_samples` (the model's shortest input, `too_short` saying why), get 0 and are logged."""
     skip_log = SkipLog() if skip_log is None else skip_log
     lengths = np.zeros(len(paths), np.int64)
     for i, p in enumerate(paths):
@@ -63,6 +64,9 @@ def scan_utterances(paths, skip_log=None):
             n, _, _ = audio.audio_info(p)
             if n <= 0:
                 raise audio.AudioError(f"{p}: no samples")
+            if n < min_samples:
+                raise audio.AudioError(f"{n} samples: shorter than {too_short}; use longer "
+                                       "recordings or leave it out of the manifest")
             lengths[i] = n
         except (audio.AudioError, OSError, RuntimeError) as e:
             skip_log.add(p, e)
