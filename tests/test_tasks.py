@@ -16,6 +16,9 @@ from emosup import config_lib, tasks
 from emosup.models.ecapa import PRESETS
 from emosup.models.speaker import build_encoder
 
+# One worker computes the module's gradients once (xdist would otherwise repeat them).
+pytestmark = pytest.mark.xdist_group("tasks")
+
 B, K, CROP = 4, 2, 8000  # anchors, negatives per anchor, 0.5 s crops
 SPEAKERS = 3
 LAMBDA, GRL = 0.5, 2.0   # deliberately not 1: a missing λ or grl_scale changes the ratio
