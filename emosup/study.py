@@ -4,7 +4,8 @@ each speaker?
   python -m emosup.study --checkpoint=DIR --manifest=CSV --workdir=OUT [--split=test] [--k=4]
 
 Embeds the utterances of `split` (speakers the encoder was not trained on), clusters each
-speaker's L2-normalised embeddings with k-means (k = number of emotions unless given), and
+speaker's L2-normalised embeddings with k-means (k = that speaker's number of emotions unless
+given), and
 scores agreement with the emotion labels against chance, one global k-means, and k-means
 on log-mel statistics (emosup.study_report). The other splits with emotion labels are
 studied too and reported under `other_splits`.
@@ -81,7 +82,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("manifest", None, "CSV manifest with emotion labels")
     flags.DEFINE_string("workdir", None, "output folder")
     flags.DEFINE_string("split", "test", "split whose speakers are studied")
-    flags.DEFINE_integer("k", None, "clusters per speaker (default: number of emotions)")
+    flags.DEFINE_integer("k", None, "clusters per speaker (default: each speaker's own number of emotions)")
     flags.DEFINE_integer("seed", 0, "k-means seed")
     flags.mark_flags_as_required(["checkpoint", "manifest", "workdir"])
     app.run(main)

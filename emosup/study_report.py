@@ -72,13 +72,25 @@ def _clean(obj):
     return obj
 
 
+def _kmeans_k_per_speaker(x, spk, names, k_of, seed, l2_normalize):
+    """Per-speaker k-means with speaker names[i] in k_of[i] clusters (one call per distinct k;
+    with one k for all speakers, exactly per_speaker_kmeans)."""
+    out = np.zeros(len(x), np.int64)
+    for kk in sorted(set(int(v) for v in k_of)):
+        rows = np.isin(spk, np.asarray(names)[k_of == kk])
+        out[rows] = C.per_speaker_kmeans(x[rows], spk[rows], kk, seed=seed, l2_normalize=l2_normalize)
+    return out
+
+
 def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = None,
               seed: int = 0, encoder: str, corpus: str, split_name: str,
               n_chance: int = 10, k_sweep_max: int = 8) -> dict:
     """Run the clustering study on one split -> the ``study.json`` dict.
 
     embeddings [N, D], speakers (N,), emotions (N,) str, logmel_stats [N, F].
-    k defaults to the number of distinct emotions. Speakers with < 2 utterances are left
+    k (clusters per speaker) defaults to each speaker's own number of distinct emotions (at least
+    2); "k" is then that number when every speaker has it, else None, with "k_rule" and
+    "k_counts" {k: speakers} and each per_speaker row's "k" saying which. Speakers with < 2 utterances are left
     out and listed under "skipped_speakers". Besides the required keys the dict holds
     "methods_std" (utterance-weighted std across speakers), "k_sweep" (speaker_kmeans
     cluster_accuracy/NMI/silhouette for k = 2..min(k_sweep_max, largest speaker - 1)),
@@ -94,17 +106,26 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
     if len(emb) == 0:
         raise ValueError("study_report.py: no speaker has 2 or more utterances")
     emotions_list = sorted(set(emo.tolist()))
-    k = len(emotions_list) if k is None else int(k)
-    if k < 2:
+    if k is not None and int(k) < 2:
         raise ValueError(f"study_report.py: need k >= 2 clusters, got k={k}")
     names, groups = C._speaker_groups(spk)
     sizes = np.array([len(g) for g in groups], dtype=np.float64)
+    # k per speaker: the given k, else that speaker's own number of emotions (at least 2). A
+    # corpus mixing speakers with 7 and 8 emotions must not give every speaker the union's 9.
+    if k is None:
+        k_rule = "the speaker's number of emotions"
+        k_of = np.array([max(2, len(np.unique(emo[g]))) for g in groups])
+    else:
+        k_rule, k_of = "given", np.full(len(groups), int(k))
+    k_values = sorted({int(v) for v in k_of})
+    k = k_values[0] if len(k_values) == 1 else None  # one k for every speaker, else None
 
-    labels = {"speaker_kmeans": C.per_speaker_kmeans(emb, spk, k, seed=seed),
-              "global_kmeans": C.global_kmeans(emb, k, seed=seed)}
     mu, sd = lm.mean(axis=0), lm.std(axis=0)
     lm_z = (lm - mu) / np.where(sd > 0, sd, 1.0)
-    labels["logmel_kmeans"] = C.per_speaker_kmeans(lm_z, spk, k, seed=seed, l2_normalize=False)
+    labels = {"speaker_kmeans": _kmeans_k_per_speaker(emb, spk, names, k_of, seed, True),
+              # One clustering over all speakers: as many clusters as emotions overall.
+              "global_kmeans": C.global_kmeans(emb, k or len(emotions_list), seed=seed),
+              "logmel_kmeans": _kmeans_k_per_speaker(lm_z, spk, names, k_of, seed, False)}
 
     per = {m: _per_speaker(groups, emo, labels[m]) for m in labels}
     chance_runs = [_per_speaker(groups, emo,
@@ -122,7 +143,7 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
 
     per_speaker = []
     for i, name in enumerate(names):
-        row = {"speaker": str(name), "utterances": int(sizes[i]),
+        row = {"speaker": str(name), "utterances": int(sizes[i]), "k": int(k_of[i]),
                "emotions": {e: int(c) for e, c in zip(*np.unique(emo[groups[i]],
                                                                   return_counts=True))}}
         row.update(per["speaker_kmeans"][i])
@@ -146,7 +167,8 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
         k_sweep[str(kk)]["silhouette"] = sil[kk]
 
     result = {
-        "encoder": encoder, "corpus": corpus, "split": split_name, "k": k,
+        "encoder": encoder, "corpus": corpus, "split": split_name, "k": k, "k_rule": k_rule,
+        "k_counts": {str(v): int(np.sum(k_of == v)) for v in k_values},
         "speakers": len(names), "utterances": int(len(emb)), "emotions": emotions_list,
         "seed": seed, "methods": methods, "methods_std": methods_std,
         "per_speaker": per_speaker, "k_sweep": k_sweep,
@@ -180,10 +202,19 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _k_text(result: dict) -> str:
+    """"4 (the speaker's number of emotions)" or "per speaker: 7 (12 speakers), 8 (22 speakers)"."""
+    rule = result.get("k_rule", "given")
+    if result.get("k") is not None:
+        return f"{result['k']} ({rule})"
+    counts = ", ".join(f"{k} ({n} speakers)" for k, n in result.get("k_counts", {}).items())
+    return f"{rule}: {counts}"
+
+
 def _markdown(result: dict) -> str:
     out = [f"# Clustering study: {result['encoder']} on {result['corpus']} "
            f"({result.get('split', '?')})", "",
-           f"k = {result['k']}, {result['speakers']} speakers, {result['utterances']} "
+           f"k = {_k_text(result)}, {result['speakers']} speakers, {result['utterances']} "
            f"utterances, emotions: {', '.join(result.get('emotions', []))}.",
            "Metrics are computed within each speaker and averaged over speakers weighted by "
            "utterances (± weighted std across speakers).", "", format_table(result), ""]
@@ -260,7 +291,7 @@ def _agreement_chart(path, result):
     ax.set_xticklabels([r["speaker"] for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("cluster accuracy")
-    ax.set_title(f"Per-speaker agreement with emotion (k={result['k']}, {result['corpus']})",
+    ax.set_title(f"Per-speaker agreement with emotion (k={_k_text(result)}, {result['corpus']})",
                  fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

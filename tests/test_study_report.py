@@ -105,3 +105,26 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"study_report.py: emotions must have 1 dim\(s\) "
                                          r"and N=\d+ rows"):
         R.run_study(x, spk, emo[:-1], logmel, encoder="e", corpus="c", split_name="s")
+
+
+def test_k_is_each_speakers_number_of_emotions():
+    """Speakers with 4 emotions and speakers with 2 (two corpora mixed): each is clustered into
+    its own number of emotions, not the union's 4 for all, and recovers its emotions exactly."""
+    x, spk, emo, logmel = _synthetic(seed=3)
+    keep = (spk != "lonely") & ~(np.isin(spk, ["spk0", "spk1"]) & np.isin(emo, ["happy", "sad"]))
+    x, spk, emo, logmel = x[keep], spk[keep], emo[keep], logmel[keep]
+    res = R.run_study(x, spk, emo, logmel, seed=0, encoder="synthetic", corpus="mixed",
+                      split_name="test", k_sweep_max=5)
+    assert res["k"] is None and res["k_rule"] == "the speaker's number of emotions"
+    assert res["k_counts"] == {"2": 2, "4": 4}
+    by_name = {r["speaker"]: r for r in res["per_speaker"]}
+    assert [by_name[f"spk{s}"]["k"] for s in range(6)] == [2, 2, 4, 4, 4, 4]
+    # Well-separated blobs: with the right k every speaker's clusters are its emotions. With the
+    # union's k = 4, the 2-emotion speakers would split an emotion and score below 1.
+    assert all(r["cluster_accuracy"] == 1.0 for r in res["per_speaker"])
+    assert "per speaker: 2 (2 speakers), 4 (4 speakers)" in R._markdown(res).replace(
+        "the speaker's number of emotions", "per speaker")
+    given = R.run_study(x, spk, emo, logmel, k=3, seed=0, encoder="synthetic", corpus="mixed",
+                        split_name="test", k_sweep_max=5)
+    assert given["k"] == 3 and given["k_rule"] == "given" and given["k_counts"] == {"3": 6}
+    assert {r["k"] for r in given["per_speaker"]} == {3}
