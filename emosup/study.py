@@ -5,9 +5,8 @@ each speaker?
 
 Embeds the utterances of `split` (speakers the encoder was not trained on), clusters each
 speaker's L2-normalised embeddings with k-means (k = that speaker's number of emotions unless
-given), and
-scores agreement with the emotion labels against chance, one global k-means, and k-means
-on log-mel statistics (emosup.study_report). The other splits with emotion labels are
+given), and scores agreement with the emotion labels against chance, one global k-means, and
+k-means on log-mel statistics (emosup.study_report). The other splits with emotion labels are
 studied too and reported under `other_splits`.
 """
 import os
