@@ -392,3 +392,62 @@ def test_service_resume_from_checkpointed_tables():
         broken.table_for_step(3 * r)
     for s in (svc, resumed, broken):
         s.close()
+
+
+def test_pair_quality_counts_by_hand():
+    """A hand-made table: speaker 0 has emotions [x, x, y, y, y], speaker 1 [x, y]."""
+    emo = ["x", "x", "y", "y", "y", "x", "y"]
+    t = P.PairTable(version=0, seed=0,
+                    anchors=[0, 1, 2, 5], positives=[1, 2, 3, 6],
+                    negatives=[[2, 3], [0, 4], [0, 1], [6, 6]],
+                    clusters=[0, 0, 1, 1, 1, 2, 3], speakers=[0, 0, 0, 0, 0, 1, 1], k_per_speaker=[2, 2],
+                    stats={"cross_speaker_negatives": 0})
+    q = P.pair_quality(t, emo, speaker_names=["s0", "s1"])
+    # positives: 0-1 same, 1-2 other, 2-3 same, 5-6 other -> 2 of 4
+    assert q["anchors"] == 4 and q["positive_same_emotion"] == 0.5
+    # negatives (anchor emotion vs each): 0:x vs y,y -> 2; 1:x vs x,y -> 1; 2:y vs x,x -> 2; 5:x vs y,y -> 2
+    assert q["negative_other_emotion"] == 7 / 8
+    # chance that another utterance of the speaker shares the anchor's emotion:
+    # anchor 0 (x in [x,x,y,y,y]) 1/4, anchor 1 1/4, anchor 2 (y) 2/4, anchor 5 (x in [x,y]) 0/1
+    assert q["chance_positive_same_emotion"] == pytest.approx((0.25 + 0.25 + 0.5 + 0.0) / 4)
+    assert q["chance_negative_other_emotion"] == pytest.approx(1 - 0.25)
+    assert q["per_speaker"]["s0"]["positive_same_emotion"] == pytest.approx(2 / 3)
+    assert q["per_speaker"]["s1"] == {"anchors": 1, "positive_same_emotion": 0.0,
+                                      "chance_positive_same_emotion": 0.0,
+                                      "negative_other_emotion": 1.0, "chance_negative_other_emotion": 1.0}
+    # Unknown emotions take no part; none known -> None.
+    q2 = P.pair_quality(t, ["", "x", "y", "y", "y", "x", "y"], speaker_names=["s0", "s1"])
+    assert q2["anchors"] == 3
+    assert P.pair_quality(t, [""] * 7) is None
+    with pytest.raises(ValueError, match="7 rows"):
+        P.pair_quality(t, emo[:6])
+
+
+def test_pair_quality_of_emotion_clusters():
+    """Blobs that are the emotions: at the true k every positive shares its anchor's emotion and
+    every negative does not, far above the chance rates."""
+    t = P.build_pair_table(X, SPK, k=4, num_negatives=2)
+    q = P.pair_quality(t, [str(e) if s in tuple("abcde") else "" for s, e in zip(SPK, EMO)])
+    assert q["anchors"] == 5 * 4 * 5
+    assert q["positive_same_emotion"] == 1.0 and q["negative_other_emotion"] == 1.0
+    assert q["chance_positive_same_emotion"] == pytest.approx(4 / 19)  # 4 others of 19 share it
+    assert set(q["per_speaker"]) == {"0", "1", "2", "3", "4"}  # speaker indices without names
+
+
+def test_size_rule_over_clusters():
+    """k = round(n / cluster_size) per speaker, between 2 and n // 2: with clusters of ~2, the
+    5-blob speakers split each blob; positives stay inside the blob (the emotion)."""
+    assert P.size_rule_k([4, 5, 20, 21, 100], 5).tolist() == [2, 2, 4, 4, 20]
+    assert P.size_rule_k([4, 10], 2).tolist() == [2, 5]
+    t = P.build_pair_table(X, SPK, k=None, k_rule="size", cluster_size=2, num_negatives=2)
+    names = NAMES
+    k_of = dict(zip(names, t.k_per_speaker.tolist()))
+    assert [k_of[s] for s in "abcde"] == [10] * 5 and k_of["g"] == 6
+    assert t.stats["k_rule"] == "size" and t.stats["cluster_size"] == 2
+    q = P.pair_quality(t, [str(e) if s in tuple("abcde") else "" for s, e in zip(SPK, EMO)])
+    assert q["positive_same_emotion"] == 1.0
+    # Same-emotion utterances now also sit in other clusters: some negatives share the emotion.
+    assert q["negative_other_emotion"] < 1.0
+    _check_definition(t, SPK)
+    with pytest.raises(ValueError, match="k_rule='elbow'"):
+        P.build_pair_table(X, SPK, k=None, k_rule="elbow")

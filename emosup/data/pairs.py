@@ -293,16 +293,30 @@ def _draw(rng, pool: np.ndarray, k: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- build
+K_RULES = ("silhouette", "size")  # how k is chosen per speaker when no fixed k is given
+
+
+def size_rule_k(n_utterances, cluster_size: int) -> np.ndarray:
+    """k per speaker under the `size` rule: clusters of about `cluster_size` utterances,
+    k = round(n / cluster_size), at least 2 and at most n // 2 (clusters of 2 on average)."""
+    n = np.asarray(n_utterances, np.int64)
+    return np.maximum(2, np.minimum(n // 2, np.rint(n / cluster_size).astype(np.int64)))
+
+
 def build_pair_table(embeddings, speakers, *, k: int | None = None,
-                     k_range: Sequence[int] = (2, 3, 4, 5, 6), num_negatives: int = 4,
+                     k_range: Sequence[int] = (2, 3, 4, 5, 6), k_rule: str = "silhouette",
+                     cluster_size: int = 8, num_negatives: int = 4,
                      cross_speaker_negatives: int = 0, seed: int = 0, version: int = 0,
                      min_utterances: int | None = None,
                      allow_single_speaker: bool = False, mesh=None) -> PairTable:
     """Cluster each speaker and draw anchors, positives and negatives -> PairTable.
 
     embeddings [N, D] float (finite); speakers (N,) labels (None / "" / NaN = unknown: such
-    rows are never used). k: clusters per speaker, or None = per speaker the k in k_range
-    with the best mean silhouette (ties: smaller k; our choice, PAPER.md). num_negatives = K;
+    rows are never used). k: clusters per speaker, or None = chosen per speaker by `k_rule`:
+    "silhouette" = the k in k_range with the best mean silhouette (ties: smaller k; our
+    choice), "size" = clusters of about `cluster_size` utterances (``size_rule_k``: more,
+    purer clusters than silhouette, at the cost of more negatives that share the anchor's
+    emotion). num_negatives = K;
     cross_speaker_negatives = c of the K from other speakers (any cluster, any labelled
     utterance), in the last c columns; 0 = all from the anchor speaker's other clusters (the
     definition in PAPER.md). min_utterances: speakers with fewer are not clustered (default
@@ -339,13 +353,22 @@ def build_pair_table(embeddings, speakers, *, k: int | None = None,
     if cross_speaker_negatives > num_negatives:
         raise ValueError(f"pairs.py: cross_speaker_negatives={cross_speaker_negatives} > "
                          f"num_negatives={num_negatives}")
-    ks = [int(k)] if k is not None else sorted({int(v) for v in k_range})
+    if k is None and k_rule not in K_RULES:
+        raise ValueError(f"pairs.py: k_rule={k_rule!r}: expected one of {K_RULES} (or a fixed k)")
+    if k is None and k_rule == "size" and not (isinstance(cluster_size, (int, np.integer)) and cluster_size >= 2):
+        raise ValueError(f"pairs.py: cluster_size must be an integer >= 2, got {cluster_size!r}")
+    spk, names, missing = _speaker_index(speakers, n)
+    counts = np.bincount(spk[spk >= 0], minlength=len(names))
+    if k is None and k_rule == "size":
+        k_of = size_rule_k(counts, cluster_size)
+        ks = sorted({int(v) for v in k_of})
+    else:
+        ks = [int(k)] if k is not None else sorted({int(v) for v in k_range})
     if not ks or min(ks) < 2:
         raise ValueError(f"pairs.py: k must be >= 2 (a negative needs another cluster); got "
                          f"k={k!r}, k_range={tuple(k_range)!r}")
     if min_utterances is None:
-        min_utterances = 2 * min(ks)
-    spk, names, missing = _speaker_index(speakers, n)
+        min_utterances = 2 * min(ks) if k is not None or k_rule == "silhouette" else 4
     if len(names) == 0:
         raise ValueError(f"pairs.py: no speaker labels: all {n} utterances have an empty speaker; "
                          f"intra-speaker pairs need a speaker id per utterance")
@@ -357,7 +380,6 @@ def build_pair_table(embeddings, speakers, *, k: int | None = None,
     if cross_speaker_negatives and len(names) < 2:
         raise ValueError("pairs.py: cross_speaker_negatives > 0 needs at least 2 speakers")
     s_count = len(names)
-    counts = np.bincount(spk[spk >= 0], minlength=s_count)
     eligible = counts >= min_utterances
     rows = np.nonzero(eligible[np.maximum(spk, 0)] & (spk >= 0))[0]
 
@@ -371,12 +393,16 @@ def build_pair_table(embeddings, speakers, *, k: int | None = None,
         x_rows = xs if len(rows) == n else xs[rows]  # one copy for every k (if any)
         for kk in ks:
             lab = np.full(n, -1, np.int64)
-            lab[rows] = cluster.per_speaker_kmeans(x_rows, spk[rows], kk, seed=kseed,
-                                                   l2_normalize=False, mesh=mesh, k_max=max(ks))
+            # The size rule needs each k for its own speakers only; silhouette scores every k.
+            sub = (k_of[spk[rows]] == kk) if k is None and k_rule == "size" else slice(None)
+            lab[rows[sub]] = cluster.per_speaker_kmeans(x_rows[sub], spk[rows][sub], kk, seed=kseed,
+                                                        l2_normalize=False, mesh=mesh, k_max=max(ks))
             by_k.append(lab)
         del x_rows
         choice = np.zeros(s_count, np.int64)
-        if len(ks) > 1:
+        if k is None and k_rule == "size":
+            choice = np.searchsorted(ks, k_of)
+        elif len(ks) > 1:
             used = np.where(eligible[np.maximum(spk, 0)] & (spk >= 0), spk, -1)
             sil = _silhouettes(xs, used, s_count, by_k, mesh=mesh)
             # NaN (undefined) loses to any score; argmax takes the first = the smaller k on ties.
@@ -440,7 +466,8 @@ def build_pair_table(embeddings, speakers, *, k: int | None = None,
         "speakers_skipped": skipped_speakers, "anchors": int(len(anchors)),
         "anchors_skipped": skipped_anchors, "clusters": int(len(csize)),
         "anchors_with_repeated_negatives": int(np.sum(pool < k_same)),
-        "k": None if k is None else int(k), "k_range": ks,
+        "k": None if k is None else int(k), "k_rule": "fixed" if k is not None else k_rule,
+        "cluster_size": int(cluster_size) if k is None and k_rule == "size" else None, "k_range": ks,
         "k_counts": {str(v): int(k_counts[v]) for v in ks},
         "num_negatives": int(num_negatives), "cross_speaker_negatives": int(c),
         "cross_speaker": bool(c > 0), "min_utterances": int(min_utterances),
@@ -454,6 +481,61 @@ def build_pair_table(embeddings, speakers, *, k: int | None = None,
                  "skipped utterances %s", version, len(anchors), int(keep.sum()), s_count,
                  len(csize), skipped_speakers, skipped_anchors)
     return table
+
+
+def pair_quality(table: PairTable, emotions, speaker_names=None) -> dict | None:
+    """How well a pair table's clusters follow emotion, where emotion labels exist (they are
+    measured here, never used to build a table).
+
+    emotions (N,): a label per table row, "" / None = unknown. Over the anchors with a known
+    emotion: `positive_same_emotion` = fraction of positives that share the anchor's emotion,
+    `negative_other_emotion` = fraction of same-speaker negatives that do not (cross-speaker
+    negatives are not counted). The chance rates beside them are what uniform draws from the
+    anchor's speaker would give: another utterance of the speaker shares the anchor's emotion
+    with probability (n_se - 1) / (n_s - 1) (n_s clustered utterances of known emotion, n_se of
+    them with the anchor's emotion). Returned overall (mean over anchors) and per speaker
+    (keys: `speaker_names[i]`, or the speaker index); None when no anchor has a known emotion.
+    """
+    emo = np.array(["" if e is None or (isinstance(e, float) and np.isnan(e)) else str(e)
+                    for e in emotions], dtype=object)
+    n = len(table.clusters)
+    if len(emo) != n:
+        raise ValueError(f"pairs.py: pair_quality got {len(emo)} emotion labels for a table of {n} rows")
+    known = emo != ""
+    a = table.anchors
+    a = a[known[a]]
+    if len(a) == 0:
+        return None
+    _, code = np.unique(emo, return_inverse=True)
+    spk = table.speakers
+    k_same = table.num_negatives - table.cross_speaker_negatives
+    pos, neg = table.positives[known[table.anchors]], table.negatives[known[table.anchors], :k_same]
+    pos_ok = known[pos]
+    pos_same = np.where(pos_ok, code[pos] == code[a], False)
+    neg_ok = known[neg]
+    neg_other = np.where(neg_ok, code[neg] != code[a][:, None], False)
+    # Chance: over the speaker's clustered utterances of known emotion.
+    pool = known & (table.clusters >= 0)
+    n_s = np.bincount(spk[pool], minlength=spk.max() + 1)
+    n_se = {}
+    for s_i, c_i in zip(spk[pool], code[pool]):
+        n_se[(s_i, c_i)] = n_se.get((s_i, c_i), 0) + 1
+    same_chance = np.array([(n_se[(spk[i], code[i])] - 1) / max(n_s[spk[i]] - 1, 1) for i in a])
+
+    def rates(sel):
+        out = {"anchors": int(sel.sum()),
+               "positive_same_emotion": float(pos_same[sel].sum() / max(pos_ok[sel].sum(), 1)),
+               "chance_positive_same_emotion": float(same_chance[sel].mean()),
+               "negative_other_emotion": (float(neg_other[sel].sum() / neg_ok[sel].sum())
+                                          if neg_ok[sel].sum() else None),
+               "chance_negative_other_emotion": float(1.0 - same_chance[sel].mean())}
+        return out
+
+    result = rates(np.ones(len(a), bool))
+    result["per_speaker"] = {
+        str(speaker_names[s_i] if speaker_names is not None else int(s_i)): rates(spk[a] == s_i)
+        for s_i in np.unique(spk[a])}
+    return result
 
 
 # --------------------------------------------------------------------------- service
