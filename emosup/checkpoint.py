@@ -109,6 +109,29 @@ def read_model_json(directory):
     return model_config
 
 
+def params_fingerprint(params) -> str:
+    """sha256 (first 16 hex digits) over every parameter's path, dtype, shape and bytes: equal
+    iff two encoders hold the same weights, so a result can show what it actually loaded."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda t: jax.tree_util.keystr(t[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def describe_encoder(directory, model_config, variables) -> dict:
+    """What an encoder loaded from `directory` is: its folder, where it came from (model.json
+    `source`), its ECAPA channels and the fingerprint of the weights actually loaded."""
+    out = {"path": str(pathlib.Path(directory).absolute()), "source": model_config.get("source"),
+           "encoder": model_config.get("encoder"), "params_fingerprint": params_fingerprint(variables["params"])}
+    if model_config.get("encoder") == "ecapa":
+        out["channels"] = list(model_config["ecapa"]["channels"])
+    return out
+
+
 def export_encoder(out_dir, model_config, variables):
     """Writes an exported encoder: model.json + variables/ (params, batch_stats)."""
     out_dir = pathlib.Path(out_dir).absolute()

@@ -16,7 +16,7 @@ from absl import logging
 
 from emosup import config_lib, finetune, finetune_w2v2, metrics, tasks, train
 
-ARMS = ("scratch",) + tasks.OBJECTIVES + finetune_w2v2.ARMS
+ARMS = ("scratch",) + tasks.OBJECTIVES + (config_lib.PRETRAINED_ARM,) + finetune_w2v2.ARMS
 METRICS = ("macro_f1", "uar", "accuracy", "ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean")
 
 
@@ -29,6 +29,8 @@ def _pretrain_config(config, arm, seed, pair_encoder):
     c.data.crop_seconds = config.arms.pretrain_crop_seconds
     c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps // 10)
     c.pairs.encoder = str(pair_encoder)
+    # arms_init=speaker_encoder: continue from the given speaker encoder instead of a random one.
+    c.init = str(config.speaker_encoder) if config.arms.get("init") == "speaker_encoder" else ""
     c.checkpoint_every = max(c.total_steps // 2, 1)
     c.lock()
     return c
@@ -115,6 +117,16 @@ def validate(config):
         raise ValueError(f"config.arms.seeds={tuple(config.arms.seeds)!r}: the arms {arms} need at least "
                          "one seed, e.g. seeds=3")
     seed = config.arms.seeds[0]
+    arms_init = config.arms.get("init", "")
+    if arms_init not in config_lib.ARMS_INIT:
+        raise ValueError(f"config.arms.init={arms_init!r}: expected '' (random encoders) or 'speaker_encoder'")
+    if not config.get("speaker_encoder"):
+        if config_lib.PRETRAINED_ARM in arms:
+            raise ValueError("arm 'pretrained' fine-tunes the given speaker encoder, but none is given: add "
+                             "speaker_encoder=DIR (e.g. a converted SpeechBrain ECAPA) or drop the arm")
+        if arms_init:
+            raise ValueError("arms_init=speaker_encoder starts the arms from the given speaker encoder, but "
+                             "none is given: add speaker_encoder=DIR or drop arms_init")
     if any(a in tasks.OBJECTIVES for a in arms):
         config_lib.check_crop_seconds("config.arms.pretrain_crop_seconds", config.arms.pretrain_crop_seconds)
         for field in ("pretrain_steps", "pretrain_batch_size", "speaker_batch_size"):
@@ -135,7 +147,7 @@ def run(config, workdir, corpus, speaker_dir):
     workdir = pathlib.Path(workdir)
     validate(config)
     arms = list(config.arms.names)
-    cache, runs = {}, {a: [] for a in arms}
+    cache, runs, starts, pair_quality = {}, {a: [] for a in arms}, {}, {}
     for seed in config.arms.seeds:
         for arm in arms:
             if arm in finetune_w2v2.ARMS:
@@ -149,14 +161,22 @@ def run(config, workdir, corpus, speaker_dir):
                     corpus, arm, fusion_encoder=fusion, embedding_cache=cache))
                 continue
             init = None
-            if arm != "scratch":
+            if arm == config_lib.PRETRAINED_ARM:
+                init = speaker_dir  # the speaker encoder fine-tuned as it is
+            elif arm != "scratch":
                 init = workdir / "pretrain" / arm / f"seed{seed}"
                 logging.info("comparison: pretraining arm %s, seed %d", arm, seed)
-                train.run(_pretrain_config(config, arm, seed, speaker_dir), init, corpus=corpus,
-                          embedding_cache=cache)
+                pre = train.run(_pretrain_config(config, arm, seed, speaker_dir), init, corpus=corpus,
+                                embedding_cache=cache)
+                starts.setdefault(arm, {})["pretraining_from"] = pre.get("init") or {
+                    "source": "random", "preset": config.model.preset}
+                if pre.get("pair_quality") is not None:
+                    pair_quality.setdefault(seed, {k: v for k, v in pre["pair_quality"].items()
+                                                   if k != "per_speaker"})
             logging.info("comparison: fine-tuning arm %s, seed %d", arm, seed)
             res = finetune.run(_finetune_config(config, init, seed), workdir / "finetune" / arm / f"seed{seed}",
                                corpus=corpus)
+            starts.setdefault(arm, {}).setdefault("fine_tuning_from", res.get("init_encoder"))
             runs[arm].append(res)
     first = runs[arms[0]][0]
     metric_names = [m for m in METRICS if m in first["test"]]
@@ -164,7 +184,13 @@ def run(config, workdir, corpus, speaker_dir):
                "labels_per_class": config.finetune.ser.labels_per_class, "classes": first["classes"],
                "target": first["target"], "pretrain_steps": config.arms.pretrain_steps,
                "finetune_steps": config.finetune.total_steps,
-               "arms": {a: {m: _summary([r["test"][m] for r in runs[a]]) for m in metric_names} for a in arms}}
+               "arms": {a: {m: _summary([r["test"][m] for r in runs[a]]) for m in metric_names} for a in arms},
+               # Each arm's starting point as loaded (first seed): a pretraining arm's encoder before
+               # pretraining, and the encoder fine-tuning started from (weights' fingerprints).
+               "starts": starts,
+               "speaker_encoder": str(speaker_dir)}
+    if pair_quality:  # the pair arms' tables, where the unlabelled rows carry emotion labels
+        results["pair_quality"] = {str(s): q for s, q in pair_quality.items()}
     w2v2_runs = [runs[a][0] for a in arms if a in finetune_w2v2.ARMS]
     if w2v2_runs:
         results["wav2vec2"] = w2v2_runs[0]["wav2vec2"]

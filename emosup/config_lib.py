@@ -84,6 +84,8 @@ def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, bat
     c.stage = "pretrain"
     c.seed = 0
     c.objective = objective
+    c.init = ""  # '' = a random encoder of model.preset; or an encoder folder to continue from
+                 # (an emosup ECAPA or a converted SpeechBrain ECAPA: its architecture is used)
     c.data = ml_collections.ConfigDict(dict(
         manifest=manifest,            # CSV manifest; empty → `corpus` or the synthetic corpus
         corpus="",                    # a reader of emosup.prepare (iemocap, msp_podcast, ...) ...
@@ -107,8 +109,11 @@ def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, bat
     ))
     c.pairs = ml_collections.ConfigDict(dict(
         encoder=pairs_encoder,  # speaker encoder whose intra-speaker clusters give the pairs
-        k=0,                    # clusters per speaker; 0 = chosen per speaker by silhouette
+        k=0,                    # clusters per speaker; 0 = chosen per speaker by k_rule
+        k_rule="silhouette",    # silhouette: best mean silhouette over k = 2..max_k;
+                                # size: k = n / cluster_size (over-clusters: purer positives)
         max_k=6,                # silhouette searches k = 2..max_k
+        cluster_size=8,         # size rule: utterances per cluster
         num_negatives=4,        # K negatives per anchor, from the anchor speaker's other clusters
         cross_speaker_negatives=0,  # how many of the K come from other speakers instead
         refresh_every=0,        # 0 = pairs fixed from `encoder` (the default, as in the abstract);
@@ -156,32 +161,41 @@ def finetune_config(manifest="", synthetic_dir="", init="", preset="tiny", steps
 
 
 ALL_ARMS = ("scratch", "speaker", "contrastive", "multitask", "adversarial")
+PRETRAINED_ARM = "pretrained"  # the given speaker encoder fine-tuned as it is (speaker_encoder=)
 W2V2_ARMS = ("w2v2", "w2v2_contrastive", "w2v2_multitask", "w2v2_fusion")
+ARMS_INIT = ("", "speaker_encoder")  # where the pretraining arms start: random | the speaker encoder
 
 
-def arm_names(arg):
-    """`all` (the ECAPA arms) | `w2v2s` (the wav2vec2 arms) | `0` | names joined by `+`; `all` and
-    `w2v2s` may be joined too (`all+w2v2s`)."""
+def arm_names(arg, pretrained=False):
+    """`all` (the ECAPA arms, and `pretrained` when `pretrained` is true: a speaker encoder was
+    given) | `w2v2s` (the wav2vec2 arms) | `0` | names joined by `+`; `all` and `w2v2s` may be
+    joined too (`all+w2v2s`)."""
     arg = str(arg).strip().lower()
     if arg in ("0", "none", "false", "no", ""):
         return ()
+    ecapa_arms = ALL_ARMS + ((PRETRAINED_ARM,) if pretrained else ())
+    known = ALL_ARMS + (PRETRAINED_ARM,) + W2V2_ARMS
     names = []
     for a in arg.split("+"):
         a = a.strip()
-        names += ALL_ARMS if a in ("all", "1", "true", "yes") else W2V2_ARMS if a == "w2v2s" else (a,)
-    unknown = [a for a in names if a not in ALL_ARMS + W2V2_ARMS]
+        names += ecapa_arms if a in ("all", "1", "true", "yes") else W2V2_ARMS if a == "w2v2s" else (a,)
+    unknown = [a for a in names if a not in known]
     if unknown:
         raise ValueError(f"config argument arms={arg!r}: unknown arms {unknown}; known: "
-                         f"{list(ALL_ARMS + W2V2_ARMS)}, `all`, `w2v2s`")
+                         f"{list(known)}, `all`, `w2v2s`")
     return tuple(dict.fromkeys(names))
 
 
 def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, batch_size=0, k=0, tiny=False,
-                      arms="all", seeds=3, labels_per_class=8):
+                      arms="all", seeds=3, labels_per_class=8, speaker_encoder="", arms_init=""):
     """The main job (emosup.experiment): speaker encoder → study → arms × seeds comparison.
 
     `tiny` is the few-second variant the tests run; otherwise sized for a 2-core laptop on
     the synthetic corpus (the corpus configs raise the budgets for real data).
+    `speaker_encoder` (an emosup encoder folder or a converted SpeechBrain ECAPA) replaces the
+    speaker encoder the job would train: the study and the pair tables come from it, and the
+    arm `pretrained` fine-tunes it as it is. `arms_init=speaker_encoder` starts every
+    pretraining arm from its weights instead of a random encoder.
     """
     steps = steps or (6 if tiny else 400)
     batch_size = batch_size or (8 if tiny else 32)
@@ -199,10 +213,12 @@ def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, bat
                            .encode()).hexdigest()[:10]
         cache = os.environ.get("EMOSUP_CACHE", os.path.expanduser("~/.cache/emosup"))
         c.data.synthetic_dir = os.path.join(cache, f"synthetic-{key}")
+    c.speaker_encoder = speaker_encoder  # '' = train one on the train split's speakers
     c.study = ml_collections.ConfigDict(dict(k=k, seed=0))
     # The comparison: every arm pretrains with the same budget, then fine-tunes on few labels.
     c.arms = ml_collections.ConfigDict(dict(
-        names=arm_names(arms),
+        names=arm_names(arms, pretrained=bool(speaker_encoder)),
+        init=arms_init,                # '' = random encoders; speaker_encoder = from its weights
         seeds=tuple(range(seeds)),
         pretrain_steps=4 if tiny else 120,
         pretrain_batch_size=8,         # anchors per step (each with a positive and K negatives)
@@ -252,7 +268,8 @@ def corpus_config(corpus, arg, *, classes, target="categorical", options=None, e
     extra_args = dict(extra_args or {})
     by_stage = dict(objective="contrastive", pairs_encoder="", init="")  # args of one stage only
     a = parse_arg(arg, root="", stage="experiment", preset="c512", steps=0, batch_size=0, arms=arms,
-                  seeds=3, labels_per_class=0, folds="all", tiny=False, **by_stage, **extra_args)
+                  seeds=3, labels_per_class=0, folds="all", tiny=False, speaker_encoder="", arms_init="",
+                  **by_stage, **extra_args)
     if not a.root:
         raise ValueError(f"configs/{corpus}.py needs root=<the downloaded {corpus} folder>, e.g. "
                          f"--config=configs/{corpus}.py:root=/data/{corpus}")
@@ -265,7 +282,8 @@ def corpus_config(corpus, arg, *, classes, target="categorical", options=None, e
     tiny = bool(a.tiny)
     c = experiment_config(preset="tiny" if tiny else a.preset, steps=a.steps or (6 if tiny else 6000),
                           batch_size=a.batch_size or (8 if tiny else 64), tiny=tiny, arms=a.arms,
-                          seeds=a.seeds, labels_per_class=a.labels_per_class)
+                          seeds=a.seeds, labels_per_class=a.labels_per_class,
+                          speaker_encoder=a.speaker_encoder, arms_init=a.arms_init)
     c.data.corpus, c.data.root = corpus, a.root
     opts = dict(options or {})
     for key in extra_args:

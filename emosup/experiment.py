@@ -3,7 +3,8 @@
 1. the corpus: the built-in synthetic corpus (generated once, cached) or the user's CSV
    (`--config=configs/demo.py:manifest=PATH`);
 2. a speaker encoder trained with AAM-softmax on the `train_split` speakers, emotions unused
-   (DIR/speaker; resumes if killed);
+   (DIR/speaker; resumes if killed) -- or the one `speaker_encoder=DIR2` names (e.g. SpeechBrain's
+   VoxCeleb ECAPA converted by `python -m emosup.convert speechbrain`), with no training;
 3. the clustering study on the `study_split` speakers, which the encoder never saw
    (DIR/study.json, DIR/study.md, DIR/study_*.png); its table is printed;
 4. the comparison (emosup.comparison): pretraining arms × seeds, each fine-tuned for SER on
@@ -34,9 +35,15 @@ def validate(config):
     if stage != "experiment":
         raise ValueError(f"config.stage={stage!r}: `python -m emosup.experiment` runs stage=experiment "
                          f"(the default); run stage={stage} with `python -m emosup.train`")
-    from emosup import comparison, train
+    from emosup import checkpoint, comparison, train
 
-    train.validate(config)
+    if config.get("speaker_encoder"):
+        try:
+            checkpoint.read_model_json(config.speaker_encoder)
+        except checkpoint.CheckpointError as e:
+            raise ValueError(f"config.speaker_encoder: {e}") from None
+    else:
+        train.validate(config)
     comparison.validate(config)
 
 
@@ -82,12 +89,17 @@ def _run_one(config, workdir):
     corpus = corpus_lib.open_corpus(config.data, workdir)
     logging.info("experiment: corpus %s (%s), %d utterances", corpus.name, corpus.manifest_path,
                  len(corpus.manifest))
-    train.run(config, workdir / "speaker", corpus=corpus)
+    if config.get("speaker_encoder"):
+        speaker_dir = pathlib.Path(config.speaker_encoder).absolute()
+        logging.info("experiment: speaker encoder %s given; no speaker training", speaker_dir)
+    else:
+        speaker_dir = workdir / "speaker"
+        train.run(config, speaker_dir, corpus=corpus)
     result = None
     if config.verification.trials:
         from emosup import verify
 
-        v = verify.run(workdir / "speaker", config.verification.trials, config.data.root,
+        v = verify.run(speaker_dir, config.verification.trials, config.data.root,
                        out=workdir / "verification.json")
         print(f"\nSpeaker verification — {pathlib.Path(config.verification.trials).name}: "
               f"EER {100 * v['eer']:.2f}% over {v['trials']} trials")
@@ -96,14 +108,14 @@ def _run_one(config, workdir):
         logging.info("experiment: split %r has no emotion labels; no study and no SER comparison",
                      corpus.study_split)
         return result
-    result = study.run(workdir / "speaker", corpus.manifest, workdir, split=corpus.study_split,
+    result = study.run(speaker_dir, corpus.manifest, workdir, split=corpus.study_split,
                        k=config.study.k or None, seed=config.study.seed, corpus=corpus.name)
     print(f"\nClustering study — {corpus.name}, split {corpus.study_split!r} (speakers unseen in training)")
     print(study_report.format_table(result))
     print(f"\nwrote {workdir / 'study.json'}")
     if not config.arms.names:
         return result
-    results = comparison.run(config, workdir, corpus, workdir / "speaker")
+    results = comparison.run(config, workdir, corpus, speaker_dir)
     print(f"\nSER comparison — {corpus.name}: {results['labels_per_class']} labels per class, "
           f"test speakers unseen, mean ± std over seeds {results['seeds']}")
     print(comparison.format_table(results))

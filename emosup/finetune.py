@@ -192,6 +192,9 @@ def run(config, workdir, corpus=None):
     mesh = parallel.make_mesh()
     local_batch = parallel.local_batch_size(config.batch_size, mesh)
     model_config, init_vars = _init_encoder(config)
+    # What was actually loaded (the weights' fingerprint), not only the path the config names.
+    loaded = (checkpoint.describe_encoder(config.init, model_config, init_vars) if config.init else
+              {"source": "scratch", "preset": config.model.preset})
     encoder = build_encoder(model_config)
     head = SerHead(num_classes=n_classes, num_dims=n_dims, hidden=config.ser.head_hidden)
     crop = int(round(config.data.crop_seconds * audio.SAMPLE_RATE))
@@ -302,7 +305,8 @@ def run(config, workdir, corpus=None):
     eval_enc.variables = {"params": best["params"]["encoder"], "batch_stats": best["batch_stats"]["encoder"]}
     test = evaluate(eval_enc, head, best["params"]["ser_head"], test_rows, classes, target)
     best_step = max(history, key=lambda h: _selection_score(h["dev"], target))["step"]
-    result = {"classes": classes, "target": target, "init": config.init or "scratch", "seed": config.seed,
+    result = {"classes": classes, "target": target, "init": config.init or "scratch",
+              "init_encoder": loaded, "seed": config.seed,
               "labels_per_class": config.ser.labels_per_class, "train_utterances": len(train_rows),
               "dev_utterances": len(dev_rows), "best_step": best_step, "dev_score": best_score,
               "test": {k: v for k, v in test.items() if k != "probabilities"}, "history": history,

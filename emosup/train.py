@@ -51,9 +51,36 @@ def model_config_from(config):
             "preset": config.model.preset}
 
 
-def create_state(objective, encoder, loss_cfg, num_speakers, tx, key, feat_shape, mesh):
-    """Initial train state (encoder + the objective's heads + optimiser), replicated over `mesh`."""
+def _model_config_of_init(directory, init_config):
+    """The model config of a run that starts from the encoder in `directory`: its ECAPA
+    architecture and front end (config.model.preset does not apply)."""
+    if init_config.get("encoder") != "ecapa":
+        raise ValueError(f"config.init={str(directory)!r} holds a {init_config.get('encoder')!r} encoder; "
+                         "pretraining starts from an ECAPA-TDNN (an emosup ECAPA folder or a converted "
+                         "SpeechBrain ECAPA)")
+    features = dict(init_config.get("features", {}))
+    if (features.get("n_mels", 80), features.get("mean_norm", "sentence")) != (80, "sentence"):
+        raise ValueError(f"config.init={str(directory)!r}: its front end {features} is not the 80-mel, "
+                         "sentence-mean-normalised Fbank that training computes")
+    return {"encoder": "ecapa", "ecapa": dict(init_config["ecapa"]), "features": features,
+            "preset": init_config.get("preset", "from init")}
+
+
+def create_state(objective, encoder, loss_cfg, num_speakers, tx, key, feat_shape, mesh, init_encoder=None):
+    """Initial train state (encoder + the objective's heads + optimiser), replicated over `mesh`.
+    `init_encoder` ({"params", "batch_stats"} of the same architecture) replaces the random
+    encoder; the heads stay random."""
     variables = tasks.init_variables(objective, encoder, loss_cfg, num_speakers, key, feat_shape)
+    if init_encoder is not None:
+        for part in ("params", "batch_stats"):
+            fresh, given = variables[part]["encoder"], init_encoder.get(part, {})
+            want = jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), fresh)
+            got = jax.tree.map(lambda a: (tuple(np.shape(a)), str(np.asarray(a).dtype)), given)
+            if want != got:
+                raise checkpoint.CheckpointError(
+                    f"the init encoder's {part} do not fit the model built from its model.json "
+                    f"(a folder whose variables and model.json disagree)")
+            variables[part]["encoder"] = jax.tree.map(jnp.asarray, given)
     state = TrainState.create(apply_fn=encoder.apply, params=variables["params"], tx=tx,
                               batch_stats=variables["batch_stats"], nonfinite=jnp.zeros((), jnp.int32))
     return parallel.replicate(state, mesh)
@@ -73,7 +100,8 @@ def _table_from_embeddings(config, emb, valid, speaker_labels, lengths, version)
     keep = np.flatnonzero(valid & (np.asarray(lengths) > 0))
     table = pairs_lib.build_pair_table(
         emb[keep], np.asarray(speaker_labels)[keep], k=config.pairs.k or None,
-        k_range=tuple(range(2, config.pairs.max_k + 1)), num_negatives=config.pairs.num_negatives,
+        k_range=tuple(range(2, config.pairs.max_k + 1)), k_rule=config.pairs.k_rule,
+        cluster_size=config.pairs.cluster_size, num_negatives=config.pairs.num_negatives,
         cross_speaker_negatives=config.pairs.cross_speaker_negatives, seed=config.seed, version=version)
     clusters = np.full(len(lengths), -1, np.int32)
     clusters[keep] = table.clusters
@@ -83,6 +111,34 @@ def _table_from_embeddings(config, emb, valid, speaker_labels, lengths, version)
         speakers=np.asarray(speaker_labels, np.int32))
     logging.info("pairs v%d: %s", version, json.dumps(table.stats, default=str)[:600])
     return table
+
+
+def _report_pair_quality(tables, rows, speakers, workdir):
+    """Where the training rows carry emotion labels (they are never used for training): how often
+    each table's positives share their anchor's emotion and its negatives do not, against
+    chance (data.pairs.pair_quality); logged and written to DIR/pairs.json. Returns the first
+    table's figures, or None without labels."""
+    emotions = [u.emotion for u in rows]
+    if not any(emotions):
+        return None
+    out = {}
+    for t in tables:
+        q = pairs_lib.pair_quality(t, emotions, speaker_names=speakers)
+        if q is None:
+            continue
+        q["k_rule"], q["k_counts"] = t.stats.get("k_rule"), t.stats.get("k_counts")
+        out[str(t.version)] = q
+        logging.info("pairs v%d quality (emotion labels, measured only): positive shares the anchor's "
+                     "emotion %.3f (chance %.3f), negative has another emotion %s (chance %.3f); "
+                     "%d anchors, k rule %s", t.version, q["positive_same_emotion"],
+                     q["chance_positive_same_emotion"],
+                     "n/a" if q["negative_other_emotion"] is None else f"{q['negative_other_emotion']:.3f}",
+                     q["chance_negative_other_emotion"], q["anchors"], q["k_rule"])
+    if not out:
+        return None
+    if jax.process_index() == 0:
+        (pathlib.Path(workdir) / "pairs.json").write_text(json.dumps(out, indent=2))
+    return next(iter(out.values()))
 
 
 def build_pair_table(config, paths, speaker_labels, lengths, skip_log, embedding_cache=None):
@@ -192,6 +248,14 @@ def validate(config):
                          "integer >= 0 (0 = pairs fixed from config.pairs.encoder)")
     if config.model.preset not in ecapa.PRESETS:
         raise ValueError(f"config.model.preset={config.model.preset!r}: expected one of {sorted(ecapa.PRESETS)}")
+    if not config.pairs.k and config.pairs.k_rule not in pairs_lib.K_RULES:
+        raise ValueError(f"config.pairs.k_rule={config.pairs.k_rule!r}: expected one of {pairs_lib.K_RULES} "
+                         "(or a fixed config.pairs.k > 0)")
+    if not config.pairs.k and config.pairs.k_rule == "size" and not (
+            isinstance(config.pairs.cluster_size, int) and config.pairs.cluster_size >= 2):
+        raise ValueError(f"config.pairs.cluster_size={config.pairs.cluster_size!r}: must be an integer >= 2")
+    if config.get("init"):
+        _model_config_of_init(config.init, checkpoint.read_model_json(config.init))
     optim.make_schedule(config.optim, max(int(config.total_steps), 1))
     for field in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         if int(config[field]) <= 0:
@@ -231,7 +295,14 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     skip_log = pipeline.SkipLog()
     from emosup.embed import shortest_input
 
-    min_samples, too_short = shortest_input(build_encoder(model_config_from(config)))
+    model_config, init_vars = model_config_from(config), None
+    if config.get("init"):
+        init_config, init_vars = checkpoint.load_encoder_variables(config.init)
+        model_config = _model_config_of_init(config.init, init_config)
+        model_config["init"] = checkpoint.describe_encoder(config.init, init_config, init_vars)
+        logging.info("encoder starts from %s (%s, weights %s)", config.init, init_config.get("source"),
+                     model_config["init"]["params_fingerprint"])
+    min_samples, too_short = shortest_input(build_encoder(model_config))
     lengths, _ = pipeline.scan_utterances(paths, skip_log, min_samples=min_samples, too_short=too_short)
     logging.info("corpus %s: %d utterances, %d speakers in %r (%d unreadable or too short, skipped)",
                  corpus.name, len(paths), len(speakers), corpus.train_split, len(skip_log))
@@ -240,7 +311,6 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     mesh = parallel.make_mesh()
     local_batch = parallel.local_batch_size(config.batch_size, mesh)
     crop = int(round(config.data.crop_seconds * audio.SAMPLE_RATE))
-    model_config = model_config_from(config)
     model_config.update(source=f"emosup:{config.objective}", corpus=corpus.name, speakers=speakers,
                         objective=config.objective)
     encoder = build_encoder(model_config)
@@ -248,10 +318,12 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     root = jax.random.key(config.seed)
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
     state = create_state(config.objective, encoder, config.loss, len(speakers), tx,
-                         jax.random.fold_in(root, 0), (1, n_frames, model_config["features"]["n_mels"]), mesh)
+                         jax.random.fold_in(root, 0), (1, n_frames, model_config["features"]["n_mels"]), mesh,
+                         init_encoder=init_vars)
+    del init_vars
     n_params = sum(x.size for x in jax.tree.leaves(state.params["encoder"]))
     logging.info("encoder %s: %.2fM parameters; %d devices, global batch %d (%d per process)",
-                 config.model.preset, n_params / 1e6, mesh.devices.size, config.batch_size, local_batch)
+                 model_config["preset"], n_params / 1e6, mesh.devices.size, config.batch_size, local_batch)
 
     # --- Restore. ---
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -270,11 +342,16 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     if start_step >= config.total_steps:
         logging.info("already trained for %d steps", start_step)
         ckpt.close()
-        return {"step": start_step, "skipped": skip_log.as_dict(), "workdir": str(workdir)}
+        done = {"step": start_step, "skipped": skip_log.as_dict(), "workdir": str(workdir)}
+        if model_config.get("init"):
+            done["init"] = model_config["init"]
+        if (workdir / "pairs.json").is_file():
+            done["pair_quality"] = next(iter(json.loads((workdir / "pairs.json").read_text()).values()))
+        return done
 
     # --- Pair tables (pair objectives): version 0 from the pair encoder, or those restored;
     # with refresh_every = R > 0 the service rebuilds them from the encoder being trained. ---
-    service = None
+    service, pair_quality = None, None
     refresh = int(config.pairs.refresh_every) if tasks.uses_pairs(config.objective) else 0
     if tasks.uses_pairs(config.objective):
         if tables is None:
@@ -291,6 +368,7 @@ def run(config, workdir, corpus=None, embedding_cache=None):
                          t.version, len(t), t.num_negatives, t.fingerprint()[:12])
         distributed.check_same("the pair tables (versions and contents) at step %d" % start_step,
                                [start_step] + [t.fingerprint() for t in tables])
+        pair_quality = _report_pair_quality(tables, train_rows, speakers, workdir)
         if refresh:
             logging.info("pairs: rebuilt every %d steps from the encoder being trained, in the "
                          "background; table v is used from step (v+1)·%d", refresh, refresh)
@@ -375,6 +453,10 @@ def run(config, workdir, corpus=None, embedding_cache=None):
             ckpt.close()
     result = {"step": config.total_steps, "final": last, "history": history,
               "skipped": skip_log.as_dict(), "workdir": str(workdir)}
+    if model_config.get("init"):
+        result["init"] = model_config["init"]
+    if pair_quality is not None:
+        result["pair_quality"] = pair_quality
     if jax.process_index() == 0:
         (workdir / "train_results.json").write_text(json.dumps(result, indent=2))
     return result

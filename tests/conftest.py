@@ -25,7 +25,7 @@ def synthetic_corpus_dir(tmp_path_factory):
 
 # The longest files first (minutes each): with `-n 2` the two workers then finish together
 # instead of one idling while the other runs a long file picked up late.
-_LONG_FIRST = ("test_multihost.py", "test_experiment.py", "test_corpus_experiment.py")
+_LONG_FIRST = ("test_multihost.py", "test_experiment.py", "test_voxceleb_ecapa.py", "test_corpus_experiment.py")
 
 
 def pytest_collection_modifyitems(config, items):

