@@ -82,6 +82,32 @@ def _kmeans_k_per_speaker(x, spk, names, k_of, seed, l2_normalize):
     return out
 
 
+# The k rules whose pair tables the study scores: (name, build_pair_table keyword arguments).
+PAIR_RULES = (("silhouette", dict(k=None, k_rule="silhouette", k_range=(2, 3, 4, 5, 6))),
+              ("size 4", dict(k=None, k_rule="size", cluster_size=4)),
+              ("size 8", dict(k=None, k_rule="size", cluster_size=8)),
+              ("k 2", dict(k=2)), ("k 4", dict(k=4)), ("k 8", dict(k=8)))
+
+
+def pair_quality_by_rule(emb, spk, emo, seed=0, rules=PAIR_RULES, num_negatives=4) -> dict:
+    """{rule: pair quality} of the pair table each k rule builds from these embeddings (the
+    emotions only score it); a rule that yields no pair (too few utterances) is left out."""
+    from emosup.data import pairs
+
+    out = {}
+    for name, kwargs in rules:
+        try:
+            table = pairs.build_pair_table(emb, spk, num_negatives=num_negatives, seed=seed, **kwargs)
+        except ValueError:
+            continue
+        q = pairs.pair_quality(table, emo)
+        if q is not None:
+            q.pop("per_speaker")
+            q["k_counts"] = table.stats["k_counts"]
+            out[name] = q
+    return out
+
+
 def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = None,
               seed: int = 0, encoder: str, corpus: str, split_name: str,
               n_chance: int = 10, k_sweep_max: int = 8) -> dict:
@@ -166,6 +192,8 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
             m: _wmean_std(np.array([d[m] for d in ps]), sizes)[0] for m in ("cluster_accuracy", "nmi")}
         k_sweep[str(kk)]["silhouette"] = sil[kk]
 
+    pairs_by_rule = pair_quality_by_rule(emb, spk, emo, seed=seed)
+
     result = {
         "encoder": encoder, "corpus": corpus, "split": split_name, "k": k, "k_rule": k_rule,
         "k_counts": {str(v): int(np.sum(k_of == v)) for v in k_values},
@@ -174,6 +202,7 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
         "per_speaker": per_speaker, "k_sweep": k_sweep,
         "silhouette_k": {"k": best_k, "scores": {str(kk): sil[kk] for kk in ks}},
         "skipped_speakers": skipped,
+        "pair_quality": pairs_by_rule,
         "notes": {
             "averaging": "per-speaker metrics averaged over speakers weighted by utterances; "
                          "methods_std is the weighted std across speakers",
@@ -182,6 +211,8 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
                              "each speaker",
             "logmel_kmeans": "per-speaker k-means on log-mel stats z-scored per feature",
             "small_speakers": "a speaker with n <= k utterances gets n singleton clusters",
+            "pair_quality": "pair tables built from these embeddings with each k rule (labels "
+                            "unused), scored against the emotions (data.pairs.pair_quality)",
         },
     }
     return _clean(result)
@@ -225,6 +256,15 @@ def _markdown(result: dict) -> str:
             sil = "n/a" if v.get("silhouette") is None else f"{v['silhouette']:.3f}"
             out.append(f"| {kk} | {v['cluster_accuracy']:.3f} | {v['nmi']:.3f} | {sil} |")
         out += ["", f"k chosen by silhouette (no labels): {result['silhouette_k']['k']}", ""]
+    if result.get("pair_quality"):
+        out += ["## Pair tables by k rule (emotion labels only score them)", "",
+                "| k rule | Positive shares the emotion | chance | Negative has another | chance |",
+                "|---|---:|---:|---:|---:|"]
+        for rule, q in result["pair_quality"].items():
+            neg = "n/a" if q["negative_other_emotion"] is None else f"{q['negative_other_emotion']:.3f}"
+            out.append(f"| {rule} | {q['positive_same_emotion']:.3f} | {q['chance_positive_same_emotion']:.3f} "
+                       f"| {neg} | {q['chance_negative_other_emotion']:.3f} |")
+        out.append("")
     out += ["## Per speaker (cluster accuracy)", "",
             "| Speaker | Utterances | " + " | ".join(_LABELS[m] for m in METHODS) + " |",
             "|---|---:|" + "---:|" * len(METHODS)]

@@ -128,3 +128,19 @@ def test_k_is_each_speakers_number_of_emotions():
                         split_name="test", k_sweep_max=5)
     assert given["k"] == 3 and given["k_rule"] == "given" and given["k_counts"] == {"3": 6}
     assert {r["k"] for r in given["per_speaker"]} == {3}
+
+
+def test_pair_quality_by_k_rule(study):
+    """Each k rule's pair table scored against emotion: at the true k (4 blobs = 4 emotions) every
+    positive shares its anchor's emotion and every negative has another; k = 2 must merge
+    emotions, so some positives do not; over-clustering (size 4) keeps positives pure but puts
+    same-emotion utterances among the negatives."""
+    res, _ = study
+    q = res["pair_quality"]
+    assert set(q) == {"silhouette", "size 4", "size 8", "k 2", "k 4", "k 8"}
+    assert q["k 4"]["positive_same_emotion"] == 1.0 and q["k 4"]["negative_other_emotion"] == 1.0
+    assert q["k 2"]["positive_same_emotion"] < 0.9
+    assert q["size 4"]["positive_same_emotion"] == 1.0 and q["size 4"]["negative_other_emotion"] < 1.0
+    for v in q.values():
+        assert 0.2 < v["chance_positive_same_emotion"] < 0.3  # 4 emotions of ~equal size
+    assert "## Pair tables by k rule" in R._markdown(res)
