@@ -1,5 +1,7 @@
 """Pair objectives end to end on the tiny synthetic corpus: a crashed run resumes to the
 unbroken run's exact parameters with the pair table restored from the checkpoint."""
+import json
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -137,3 +139,44 @@ def test_refreshed_pair_tables_resume_exactly(tmp_path, synthetic_corpus_dir, pa
     assert step_a == step_b == 9
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+def test_init_starts_pretraining_from_the_given_encoder(tmp_path, synthetic_corpus_dir, pair_encoder):
+    """config.init: the trained state's encoder starts as the init's weights (kept bit for bit at
+    lr 0, while a run without init holds other weights), its architecture is the init's, and the
+    result names what was loaded; the table's pair quality is reported (the tiny corpus's
+    unlabelled rows carry emotions)."""
+    from emosup import checkpoint
+
+    init = export_random_tiny_ecapa(tmp_path / "init", 11)
+    _, init_vars = checkpoint.load_encoder_variables(init)
+    runs = {}
+    for name, path in (("with", str(init)), ("without", "")):
+        cfg = _config("contrastive", synthetic_corpus_dir, pair_encoder, 2)
+        cfg.init, cfg.optim.lr = path, 0.0
+        result = train.run(cfg, tmp_path / name)
+        runs[name] = checkpoint.load_encoder_variables(tmp_path / name)[1]["params"], result
+    params, result = runs["with"]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(init_vars["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert result["init"]["params_fingerprint"] == checkpoint.params_fingerprint(init_vars["params"])
+    assert result["init"]["path"] == str(init.absolute())
+    other, plain = runs["without"]
+    assert "init" not in plain
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(init_vars["params"])))
+    q = result["pair_quality"]
+    assert q["k_rule"] == "fixed" and q["anchors"] > 0
+    assert 0.0 <= q["chance_positive_same_emotion"] <= 1.0 and set(q["per_speaker"]) <= set(
+        json.loads((tmp_path / "with" / "model.json").read_text())["speakers"])
+    assert json.loads((tmp_path / "with" / "pairs.json").read_text())["0"]["anchors"] == q["anchors"]
+
+
+def test_init_of_another_family_is_refused(tmp_path, synthetic_corpus_dir, pair_encoder):
+    bad = tmp_path / "w2v2"
+    bad.mkdir()
+    (bad / "model.json").write_text(json.dumps({"encoder": "wav2vec2", "wav2vec2": {}}))
+    cfg = _config("contrastive", synthetic_corpus_dir, pair_encoder, 2)
+    cfg.init = str(bad)
+    with pytest.raises(ValueError, match="holds a 'wav2vec2' encoder; pretraining starts from an ECAPA"):
+        train.validate(cfg)
