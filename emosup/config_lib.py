@@ -275,8 +275,9 @@ def corpus_config(corpus, arg, *, classes, target="categorical", options=None, e
                          f"--config=configs/{corpus}.py:root=/data/{corpus}")
     if a.stage not in STAGES:
         raise ValueError(f"config argument stage={a.stage!r}: expected one of {', '.join(STAGES)}")
-    for key, stage in (("objective", "pretrain"), ("pairs_encoder", "pretrain"), ("init", "finetune")):
-        if a[key] != by_stage[key] and a.stage != stage:
+    for key, stage in (("objective", "pretrain"), ("pairs_encoder", "pretrain"), ("init", "finetune"),
+                       ("speaker_encoder", "experiment"), ("arms_init", "experiment")):
+        if a[key] != by_stage.get(key, "") and a.stage != stage:
             raise ValueError(f"config argument {key}={a[key]!r} applies to stage={stage} only, but this "
                              f"is stage={a.stage}: add stage={stage} or drop {key}=")
     tiny = bool(a.tiny)

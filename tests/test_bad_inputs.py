@@ -441,6 +441,37 @@ def test_objective(tmp_path):
     with pytest.raises(ValueError, match=r"^config argument init='runs/mt' applies to stage=finetune "
                                          r"only, but this is stage=pretrain"):
         load_config(CONFIGS / "iemocap.py", "root=/data/iemocap,stage=pretrain,init=runs/mt")
+    with pytest.raises(ValueError, match=r"^config argument speaker_encoder='runs/vox' applies to "
+                                         r"stage=experiment only, but this is stage=finetune"):
+        load_config(CONFIGS / "iemocap.py", "root=/data/iemocap,stage=finetune,speaker_encoder=runs/vox")
+
+
+def test_speaker_encoder_arguments(tmp_path):
+    """The arm `pretrained` and arms_init need a speaker encoder; a missing folder, an unknown
+    arms_init and a k rule that does not exist stop before any work."""
+    from emosup import experiment
+
+    enc = export_random_tiny_ecapa(tmp_path / "enc", 0)
+    with pytest.raises(ValueError, match=r"^arm 'pretrained' fine-tunes the given speaker encoder, but none "
+                                         r"is given: add speaker_encoder=DIR"):
+        experiment.validate(load_config(DEMO, "arms=scratch+pretrained"))
+    with pytest.raises(ValueError, match=r"^arms_init=speaker_encoder starts the arms from the given speaker "
+                                         r"encoder, but none is given"):
+        experiment.validate(load_config(DEMO, "arms=contrastive,arms_init=speaker_encoder"))
+    with pytest.raises(ValueError, match=r"^config.arms.init='speaker': expected '' \(random encoders\) "
+                                         r"or 'speaker_encoder'"):
+        experiment.validate(load_config(DEMO, f"arms=contrastive,arms_init=speaker,speaker_encoder={enc}"))
+    with pytest.raises(ValueError, match=r"^config.speaker_encoder: .*/nowhere: no such folder"):
+        experiment.validate(load_config(DEMO, f"speaker_encoder={tmp_path / 'nowhere'}"))
+    cfg = load_config(DEMO, "arms=contrastive")
+    cfg.unlock()
+    cfg.pairs.k_rule = "elbow"
+    with pytest.raises(ValueError, match=r"^config.pairs.k_rule='elbow': expected one of \('silhouette', "
+                                         r"'size'\)"):
+        experiment.validate(cfg)
+    # With a speaker encoder, `all` includes `pretrained`; without, it does not.
+    assert load_config(DEMO, f"arms=all,speaker_encoder={enc}").arms.names[-1] == "pretrained"
+    assert "pretrained" not in load_config(DEMO, "arms=all").arms.names
 
 
 def test_refresh_every(tmp_path):
