@@ -23,7 +23,10 @@ Rows (each: emosup time, reference time, ratio = reference / emosup, > 1 means e
 * tf.data pipeline (group `pipeline`): batch rows/s that `crop_batches` / `pair_batches`
   deliver from WAV files vs rows/s the jitted train step of the same objective and batch
   consumes (ECAPA `--pipeline_presets`); ratio = pipeline rate / step rate, target >= 3x.
-`--only=fbank,kmeans,ecapa,w2v2,pipeline` runs just those groups of rows (default: all);
+* embedding (group `embed`): 48 WAV files of 1-8 s (mixed) to c1024 ECAPA embeddings,
+  `embed.embed_paths` vs SpeechBrain's `EncoderClassifier.encode_batch` on length-sorted
+  batches of the same files; target >= 2x;
+`--only=fbank,kmeans,ecapa,embed,w2v2,pipeline` runs just those groups of rows (default: all);
 `--profile_dir=DIR` also writes a jax.profiler trace of each group (DIR/<group>), the first
 thing to look at before optimising a row.
 Times are medians over repeated calls after warm-up (compile time is reported apart); rows
@@ -447,6 +450,100 @@ def _print_spread(row):
     print(text, flush=True)
 
 
+# ----------------------------------------------------------------------------- embedding
+EMBED_TARGET = 2.0  # embedding real-length utterances: at least 2x SpeechBrain's encode_batch (issue)
+
+
+def _write_mixed_wavs(folder, n, seed=0, lo=1.0, hi=8.0):
+    """n speech-like 16-bit WAVs of lo-hi seconds (uniform), as a study's utterances -> paths."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        wav = _speechlike(1, int(rng.uniform(lo, hi) * audio.SAMPLE_RATE), seed=seed * 100_003 + i)[0]
+        paths.append(os.path.join(folder, f"utt{i:04d}.wav"))
+        sf.write(paths[-1], wav, audio.SAMPLE_RATE, subtype="PCM_16")
+    return paths
+
+
+def _speechbrain_embed(paths, clf, batch):
+    """SpeechBrain as a careful user embeds a list of files: read, sort by length, pad batches
+    of `batch`, `encode_batch(wavs, wav_lens)` with relative lengths, no gradients."""
+    import soundfile as sf
+    import torch
+
+    wavs = [sf.read(p, dtype="float32")[0] for p in paths]
+    order = np.argsort([len(w) for w in wavs], kind="stable")
+    out = [None] * len(wavs)
+    with torch.no_grad():
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            longest = max(len(wavs[i]) for i in idx)
+            x = torch.zeros(len(idx), longest)
+            for r, i in enumerate(idx):
+                x[r, :len(wavs[i])] = torch.from_numpy(wavs[i])
+            rel = torch.tensor([len(wavs[i]) / longest for i in idx])
+            e = clf.encode_batch(x, rel).reshape(len(idx), -1).numpy()
+            for r, i in enumerate(idx):
+                out[i] = e[r]
+    return np.stack(out)
+
+
+def bench_embed(preset="c1024", n_files=48, batch=8, repeats=3):
+    """Embedding `n_files` utterances of 1-8 s (mixed) with a random `preset` ECAPA, from WAV
+    files to embeddings: `embed.embed_paths` (length-sorted 1 s buckets, files decoded in
+    threads) vs SpeechBrain's `EncoderClassifier.encode_batch` over the same files, length-
+    sorted batches of the same size, torch on all cores; interleaved rounds. Compile time
+    (one program per bucket length) is reported apart."""
+    import tempfile
+
+    from emosup.embed import Encoder, embed_paths
+    from emosup.models.speaker import build_encoder
+
+    name = f"embed {preset}, {n_files} files of 1-8 s"
+    cfg = {"encoder": "ecapa", "ecapa": dict(ecapa.PRESETS[preset]), "features": {"n_mels": 80, "mean_norm": "sentence"}}
+    variables = build_encoder(cfg).init(jax.random.key(0), np.zeros((1, 101, 80), np.float32), None)
+    enc = Encoder(model_config=cfg, variables=dict(variables), name=f"random {preset}")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _write_mixed_wavs(tmp, n_files)
+        t0 = time.perf_counter()
+        embed_paths(enc, paths, batch_per_device=batch, progress=False)  # compiles every bucket
+        compile_s = time.perf_counter() - t0
+        fns = {"emosup": lambda: embed_paths(enc, paths, batch_per_device=batch, progress=False)}
+        ref_name = "SpeechBrain encode_batch (no reference)"
+        try:
+            import torch
+            from speechbrain.inference.classifiers import EncoderClassifier
+            from speechbrain.lobes.features import Fbank
+            from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
+            from speechbrain.processing.features import InputNormalization
+
+            torch.set_num_threads(os.cpu_count() or 1)
+            e = cfg["ecapa"]
+            model = ECAPA_TDNN(input_size=80, channels=list(e["channels"]), kernel_sizes=list(e["kernel_sizes"]),
+                               dilations=list(e["dilations"]), attention_channels=e["attention_channels"],
+                               lin_neurons=e["lin_neurons"])
+            clf = EncoderClassifier(modules={
+                "compute_features": Fbank(n_mels=80),
+                "mean_var_norm": InputNormalization(norm_type="sentence", std_norm=False),
+                "embedding_model": model, "classifier": Classifier(input_size=e["lin_neurons"], out_neurons=2)},
+                hparams={})
+            clf.mods.eval()
+            fns["reference"] = lambda: _speechbrain_embed(paths, clf, batch)
+            ref_name = f"SpeechBrain encode_batch (torch {torch.__version__})"
+        except ImportError:
+            pass
+        times = _interleaved_times(fns, repeats)
+    row = _paired_row(name, times["emosup"], times.get("reference"), reference=ref_name,
+                      compile_s=compile_s, files=n_files)
+    _print_row(row)
+    if "reference" in times:
+        _set_target(row, EMBED_TARGET, "SpeechBrain")
+    _print_spread(row)
+    return [row]
+
+
 # ----------------------------------------------------------------------------- tf.data pipeline
 PIPELINE_TARGET = 3.0  # the pipeline must deliver >= 3x the examples/s the train step consumes
 
@@ -798,7 +895,7 @@ def _print_row(row):
           f"{'' if ratio is None else f'{ratio:5.2f}x'}", flush=True)
 
 
-GROUPS = ("fbank", "kmeans", "ecapa", "w2v2", "pipeline")  # --only's names, in the order rows are run
+GROUPS = ("fbank", "kmeans", "ecapa", "embed", "w2v2", "pipeline")  # --only's names, in the order rows are run
 
 
 def main(argv):
@@ -817,6 +914,7 @@ def main(argv):
             sizes=(10_000, 100_000) if quick else (10_000, 100_000, 1_000_000), repeats=1 if quick else 3,
             silhouette_sizes=(10_000,) if quick else (10_000, 100_000, 1_000_000)),
         "ecapa": lambda: bench_ecapa(presets, batch=FLAGS.batch, seconds=FLAGS.seconds, repeats=2 if quick else 5),
+        "embed": lambda: bench_embed(n_files=16 if quick else 48, repeats=2 if quick else 3),
         "w2v2": lambda: bench_wav2vec2(quick),
         "pipeline": lambda: bench_pipeline([p for p in FLAGS.pipeline_presets.split(",") if p], quick),
     }
@@ -852,7 +950,7 @@ if __name__ == "__main__":
     flags.DEFINE_float("seconds", 2.0, "ECAPA crop length in seconds")
     flags.DEFINE_string("out", "bench.json", "where the table goes as JSON")
     flags.DEFINE_bool("quick", False, "fewer repeats and a smaller k-means problem")
-    flags.DEFINE_string("only", "", "comma-separated row groups to run: fbank,kmeans,ecapa,w2v2,"
+    flags.DEFINE_string("only", "", "comma-separated row groups to run: fbank,kmeans,ecapa,embed,w2v2,"
                         "pipeline (default: all)")
     flags.DEFINE_string("pipeline_presets", "tiny,c512", "ECAPA presets whose train step the "
                         "tf.data pipeline rows compare against")

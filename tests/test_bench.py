@@ -200,3 +200,33 @@ def test_the_command_writes_its_rows_and_a_profile_per_group(tmp_path):
     with pytest.raises(subprocess.CalledProcessError):
         subprocess.run([sys.executable, "-m", "emosup.bench", "--only=nope"], cwd=REPO, capture_output=True,
                        check=True, timeout=120)
+
+
+def test_bench_embed_row(one_torch_thread, tmp_path):
+    """The embedding row on the tiny preset: both sides embed the files (the reference puts each
+    embedding back in file order), the row is paired and has the 2x target."""
+    import torch
+    from speechbrain.inference.classifiers import EncoderClassifier
+    from speechbrain.lobes.features import Fbank
+    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
+    from speechbrain.processing.features import InputNormalization
+
+    paths = bench._write_mixed_wavs(str(tmp_path), 3, lo=0.5, hi=1.5)
+    torch.manual_seed(0)
+    clf = EncoderClassifier(modules={
+        "compute_features": Fbank(n_mels=80),
+        "mean_var_norm": InputNormalization(norm_type="sentence", std_norm=False),
+        "embedding_model": ECAPA_TDNN(input_size=80, channels=[32, 32, 32, 32, 96], lin_neurons=16),
+        "classifier": Classifier(input_size=16, out_neurons=2)}, hparams={})
+    clf.mods.eval()
+    batched = bench._speechbrain_embed(paths, clf, batch=1)
+    import soundfile as sf
+
+    for p, e in zip(paths, batched):
+        with torch.no_grad():
+            one = clf.encode_batch(torch.from_numpy(sf.read(p, dtype="float32")[0])[None]).reshape(-1).numpy()
+        np.testing.assert_array_equal(e, one)
+    (row,) = bench.bench_embed("tiny", n_files=3, batch=1, repeats=2)
+    assert row["name"] == "embed tiny, 3 files of 1-8 s" and row["files"] == 3
+    _check_paired(row, "SpeechBrain encode_batch (torch")
+    assert row["target"] == ">= 2x SpeechBrain" and isinstance(row["meets_target"], bool)
