@@ -52,7 +52,8 @@ def run(encoder_dir, manifest, workdir, *, split="test", k=None, seed=0, corpus=
         speakers = np.array([u.speaker for u in rows])[valid]
         emotions = np.array([u.emotion for u in rows])[valid]
         res = study_report.run_study(emb[valid], speakers, emotions, stats[valid], k=k, seed=seed,
-                                     encoder=encoder.name, corpus=corpus or manifest.source, split_name=s)
+                                     encoder=encoder.name, corpus=corpus or manifest.source, split_name=s,
+                                     pair_rules=study_report.PAIR_RULES if s == split else ())
         res["unreadable_utterances"] = skip_log.as_dict()
         res["rows_without_emotion"] = unlabelled
         results[s] = res

@@ -110,7 +110,7 @@ def pair_quality_by_rule(emb, spk, emo, seed=0, rules=PAIR_RULES, num_negatives=
 
 def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = None,
               seed: int = 0, encoder: str, corpus: str, split_name: str,
-              n_chance: int = 10, k_sweep_max: int = 8) -> dict:
+              n_chance: int = 10, k_sweep_max: int = 8, pair_rules=PAIR_RULES) -> dict:
     """Run the clustering study on one split -> the ``study.json`` dict.
 
     embeddings [N, D], speakers (N,), emotions (N,) str, logmel_stats [N, F].
@@ -192,7 +192,7 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
             m: _wmean_std(np.array([d[m] for d in ps]), sizes)[0] for m in ("cluster_accuracy", "nmi")}
         k_sweep[str(kk)]["silhouette"] = sil[kk]
 
-    pairs_by_rule = pair_quality_by_rule(emb, spk, emo, seed=seed)
+    pairs_by_rule = pair_quality_by_rule(emb, spk, emo, seed=seed, rules=pair_rules) if pair_rules else {}
 
     result = {
         "encoder": encoder, "corpus": corpus, "split": split_name, "k": k, "k_rule": k_rule,
