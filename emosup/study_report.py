@@ -116,7 +116,9 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
     embeddings [N, D], speakers (N,), emotions (N,) str, logmel_stats [N, F].
     k (clusters per speaker) defaults to each speaker's own number of distinct emotions (at least
     2); "k" is then that number when every speaker has it, else None, with "k_rule" and
-    "k_counts" {k: speakers} and each per_speaker row's "k" saying which. Speakers with < 2 utterances are left
+    "k_counts" {k: speakers} and each per_speaker row's "k" saying which. "pair_quality" scores
+    the pair table of each rule in `pair_rules` (pair_quality_by_rule). Speakers with < 2
+    utterances are left
     out and listed under "skipped_speakers". Besides the required keys the dict holds
     "methods_std" (utterance-weighted std across speakers), "k_sweep" (speaker_kmeans
     cluster_accuracy/NMI/silhouette for k = 2..min(k_sweep_max, largest speaker - 1)),
