@@ -118,8 +118,7 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
     2); "k" is then that number when every speaker has it, else None, with "k_rule" and
     "k_counts" {k: speakers} and each per_speaker row's "k" saying which. "pair_quality" scores
     the pair table of each rule in `pair_rules` (pair_quality_by_rule). Speakers with < 2
-    utterances are left
-    out and listed under "skipped_speakers". Besides the required keys the dict holds
+    utterances are left out and listed under "skipped_speakers". Besides the required keys the dict holds
     "methods_std" (utterance-weighted std across speakers), "k_sweep" (speaker_kmeans
     cluster_accuracy/NMI/silhouette for k = 2..min(k_sweep_max, largest speaker - 1)),
     "silhouette_k" (the k a label-free silhouette criterion picks) and "notes".
