@@ -454,19 +454,6 @@ def _print_spread(row):
 EMBED_TARGET = 2.0  # embedding real-length utterances: at least 2x SpeechBrain's encode_batch (issue)
 
 
-def _write_mixed_wavs(folder, n, seed=0, lo=1.0, hi=8.0):
-    """n speech-like 16-bit WAVs of lo-hi seconds (uniform), as a study's utterances -> paths."""
-    import soundfile as sf
-
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        wav = _speechlike(1, int(rng.uniform(lo, hi) * audio.SAMPLE_RATE), seed=seed * 100_003 + i)[0]
-        paths.append(os.path.join(folder, f"utt{i:04d}.wav"))
-        sf.write(paths[-1], wav, audio.SAMPLE_RATE, subtype="PCM_16")
-    return paths
-
-
 def _speechbrain_embed(paths, clf, batch):
     """SpeechBrain as a careful user embeds a list of files: read, sort by length, pad batches
     of `batch`, `encode_batch(wavs, wav_lens)` with relative lengths, no gradients."""
@@ -506,7 +493,7 @@ def bench_embed(preset="c1024", n_files=48, batch=8, repeats=3):
     variables = build_encoder(cfg).init(jax.random.key(0), np.zeros((1, 101, 80), np.float32), None)
     enc = Encoder(model_config=cfg, variables=dict(variables), name=f"random {preset}")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = _write_mixed_wavs(tmp, n_files)
+        paths = _write_wavs(tmp, n_files, lo=1.0, hi=8.0)
         t0 = time.perf_counter()
         embed_paths(enc, paths, batch_per_device=batch, progress=False)  # compiles every bucket
         compile_s = time.perf_counter() - t0
@@ -548,14 +535,14 @@ def bench_embed(preset="c1024", n_files=48, batch=8, repeats=3):
 PIPELINE_TARGET = 3.0  # the pipeline must deliver >= 3x the examples/s the train step consumes
 
 
-def _write_wavs(folder, n, seed=0):
-    """n speech-like 16-bit WAVs of 2-6 s at 16 kHz (what the corpora hold) -> paths."""
+def _write_wavs(folder, n, seed=0, lo=2.0, hi=6.0):
+    """n speech-like 16-bit WAVs of lo-hi seconds (uniform) at 16 kHz (what the corpora hold) -> paths."""
     import soundfile as sf
 
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):
-        wav = _speechlike(1, int(rng.uniform(2.0, 6.0) * audio.SAMPLE_RATE), seed=seed * 100_003 + i)[0]
+        wav = _speechlike(1, int(rng.uniform(lo, hi) * audio.SAMPLE_RATE), seed=seed * 100_003 + i)[0]
         paths.append(os.path.join(folder, f"utt{i:04d}.wav"))
         sf.write(paths[-1], wav, audio.SAMPLE_RATE, subtype="PCM_16")
     return paths

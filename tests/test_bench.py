@@ -211,7 +211,7 @@ def test_bench_embed_row(one_torch_thread, tmp_path):
     from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
     from speechbrain.processing.features import InputNormalization
 
-    paths = bench._write_mixed_wavs(str(tmp_path), 3, lo=0.5, hi=1.5)
+    paths = bench._write_wavs(str(tmp_path), 3, lo=0.5, hi=1.5)
     torch.manual_seed(0)
     clf = EncoderClassifier(modules={
         "compute_features": Fbank(n_mels=80),
