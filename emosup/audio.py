@@ -27,6 +27,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from emosup.errors import UserError
+
 SAMPLE_RATE = 16000  # SpeechBrain STFT/Fbank default sample_rate (speechbrain/lobes/features.py)
 HOP = 160  # 10 ms hop at 16 kHz: SpeechBrain STFT hop_length=10 ms (processing/features.py)
 N_FFT = 400  # SpeechBrain Fbank n_fft=400; win_length=25 ms = 400 samples (lobes/features.py)
@@ -41,7 +43,7 @@ SILENCE_LEVEL = 1e-7  # |x| below this everywhere counts as a silent (unusable) 
 PathLike = Union[str, os.PathLike]
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """A file that cannot be used as audio; the message names the file and the problem."""
 
 

@@ -20,10 +20,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from emosup.errors import UserError
+
 MODEL_JSON = "model.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     pass
 
 

@@ -193,9 +193,10 @@ def test_checkpoint_with_code_payload_is_refused_and_never_runs(tmp_path, state)
     evil["fc.conv.bias"] = _Payload(pwned)  # pickling records the call, it does not run it
     torch.save(evil, tmp_path / "embedding_model.ckpt")
     write_yaml(tmp_path)
-    with pytest.raises(ConversionError, match="refused to load"):
+    refusal = f"refused: the pickle asks for {os.system.__module__}.system, which is not a tensor"
+    with pytest.raises(ConversionError, match=refusal):
         load_speechbrain_ecapa(tmp_path)
-    with pytest.raises(ConversionError, match="weights_only unpickling failed.*GLOBAL posix.system"):
+    with pytest.raises(ConversionError, match=refusal):
         load_torch_state(tmp_path / "embedding_model.ckpt")
     assert not pwned.exists()
 
@@ -254,7 +255,6 @@ def test_torch_state_formats(tmp_path, state, monkeypatch):
     assert load_torch_state(tmp_path / "bf16.bin")["w"].dtype == np.float32
 
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
-    with pytest.raises(ImportError, match="torch is needed to read PyTorch pickles"):
-        load_torch_state(tmp_path / "bf16.bin")
-    # safetensors needs no torch
+    # neither format needs torch
+    np.testing.assert_array_equal(load_torch_state(tmp_path / "bf16.bin")["w"], np.ones(2, np.float32))
     assert load_torch_state(tmp_path / "m.safetensors")["w"].shape == (2, 3)

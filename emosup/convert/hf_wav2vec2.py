@@ -4,7 +4,8 @@ Input directory, as ``Wav2Vec2Model`` / ``Wav2Vec2For*`` ``.save_pretrained`` wr
 
     config.json                  model_type "wav2vec2" + architecture fields
     model.safetensors            read with safetensors.numpy (no torch, no pickle), or
-    pytorch_model.bin            read with torch.load(weights_only=True); either may be
+    pytorch_model.bin            read without torch by torch_zip.load_torch_file (tensors
+                                 and plain containers only); either may be
                                  sharded (``*.index.json`` + shards)
     preprocessor_config.json     optional (written by the feature extractor, not the model)
 

@@ -10,7 +10,8 @@ Both files are untrusted. The YAML is parsed with a ``yaml.SafeLoader`` subclass
 every HyperPyYAML tag (``!new:``, ``!name:``, ``!apply:``, ``!include:``, ``!ref``,
 ``!PLACEHOLDER``...) into plain data (``{"__tag__": "!new:...", **mapping}``) and never imports
 or constructs anything; Python tags (``!!python/...``) are refused. The checkpoint is read
-with ``torch.load(weights_only=True)``.
+without torch by ``torch_zip.load_torch_file``, which accepts only tensors and plain
+containers and refuses, naming it, anything else the pickle asks for.
 
 Conversion is rename + transpose (research/paper.md §3.5): ``blocks.0.conv.conv.weight``
 ``(out, in, k)`` -> ``params/blocks_0/conv/conv/kernel`` ``(k, in, out)``; BatchNorm

@@ -1,9 +1,10 @@
 """Reading PyTorch / safetensors weight files safely, and strict key accounting.
 
-Checkpoints come from strangers: PyTorch pickles are read with ``torch.load(...,
-weights_only=True)`` (which refuses any pickle that would import or call code) and
-safetensors with ``safetensors.numpy``. torch is imported lazily: it is only needed for
-pickled files and is a test-only dependency of emosup.
+Checkpoints come from strangers: PyTorch files are read by emosup's own reader of torch's
+checkpoint format (``torch_zip.load_torch_file``), which accepts only tensors and plain
+containers and refuses any pickle that asks for anything else, executing nothing from it;
+safetensors are read with ``safetensors.numpy``. Neither needs torch, a test-only dependency
+of emosup.
 
 ``map_state`` turns a flat ``{name: array}`` source into nested Flax collections following
 explicit ``Rule``s and fails with ONE ``ConversionError`` that lists every missing, unused
@@ -18,11 +19,13 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from emosup.errors import UserError
+
 TORCH_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A weight file or its conversion is unusable; the message names every problem."""
 
     def __init__(
@@ -38,34 +41,11 @@ class ConversionError(ValueError):
         self.mismatched = list(mismatched)
 
 
-def _tensor_to_numpy(name: str, value, path: str) -> np.ndarray:
-    import torch  # only reached after a successful torch.load
-
-    if not isinstance(value, torch.Tensor):
-        raise ConversionError(
-            f"{path}: expected a flat mapping of names to tensors, but {name!r} holds a "
-            f"{type(value).__name__} (a nested checkpoint? extract the model's state_dict)"
-        )
-    value = value.detach().cpu()
-    if value.dtype == torch.bfloat16:  # numpy has no bfloat16
-        value = value.float()
-    return value.numpy()
-
-
-def _load_failure_reason(e: Exception) -> str:
-    """torch's specific reason (e.g. "unsupported GLOBAL posix.system"), without its advice to
-    retry with weights_only=False, which is exactly what must not be done with this file."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    specific = [ln for ln in lines if "weights_only" not in ln and "Weights only" not in ln]
-    return specific[0] if specific else (lines[0] if lines else type(e).__name__)
-
-
 def load_torch_state(path: os.PathLike | str) -> dict[str, np.ndarray]:
     """Load a flat tensor dict from ``.ckpt``/``.bin``/``.pt``/``.pth`` or ``.safetensors``.
 
     Returns ``{name: np.ndarray}`` (bfloat16 widened to float32). Raises FileNotFoundError
-    naming the path, ConversionError for a refused or non-flat file, ImportError when a
-    PyTorch pickle is given and torch is not installed.
+    naming the path, ConversionError for a refused, unreadable or non-flat file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -80,27 +60,20 @@ def load_torch_state(path: os.PathLike | str) -> dict[str, np.ndarray]:
             f"{path}: unknown weight file type {suffix!r}; expected one of "
             f"{list(TORCH_SUFFIXES) + [SAFETENSORS_SUFFIX]}"
         )
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"{path}: torch is needed to read PyTorch pickles ({suffix}); install torch (CPU "
-            f"is enough) or convert the file to {SAFETENSORS_SUFFIX}"
-        ) from e
-    try:
-        # weights_only=True: the unpickler only rebuilds tensors and plain containers, so a
-        # file carrying code (a __reduce__ payload) is refused before anything runs.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError / RuntimeError variants
-        raise ConversionError(
-            f"{path}: refused to load (only plain tensor checkpoints are accepted; "
-            f"weights_only unpickling failed): {_load_failure_reason(e)}"
-        ) from e
+    from emosup.convert.torch_zip import load_torch_file  # imports this module
+
+    obj = load_torch_file(path)
     if not isinstance(obj, Mapping):
         raise ConversionError(
             f"{path}: expected a mapping of names to tensors, got {type(obj).__name__}"
         )
-    return {str(k): _tensor_to_numpy(str(k), v, path) for k, v in obj.items()}
+    for name, value in obj.items():
+        if not isinstance(value, np.ndarray):
+            raise ConversionError(
+                f"{path}: expected a flat mapping of names to tensors, but {str(name)!r} holds "
+                f"a {type(value).__name__} (a nested checkpoint? extract the model's state_dict)"
+            )
+    return {str(k): v for k, v in obj.items()}
 
 
 Transform = Callable[[np.ndarray], np.ndarray]

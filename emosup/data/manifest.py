@@ -26,6 +26,8 @@ import os
 import pathlib
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from emosup.errors import UserError
+
 PathLike = Union[str, os.PathLike]
 
 REQUIRED_COLUMNS = ("path", "speaker")
@@ -36,7 +38,7 @@ DEFAULT_SPLITS = ("train", "dev", "test")
 DEFAULT_SPLIT = "train"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest that cannot be read; the message names the file and the line."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from emosup.data.manifest import Utterance
+from emosup.errors import UserError
 
 # The normalised label set (issue: lower-case English emotion names).
 EMOTIONS = ("neutral", "happy", "sad", "angry", "fear", "disgust", "surprise", "contempt", "calm")
@@ -34,7 +35,7 @@ SILENCE_LEVEL = 1e-7  # |x| below this everywhere: a silent file (same rule as e
 AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """A corpus folder that cannot be read; the message names the file (and line) at fault."""
 
 
