@@ -16,6 +16,11 @@ records each evaluation with the training losses averaged over the steps since t
 previous one. After every dev evaluation the state, the best variables and the history are
 checkpointed in `workdir/checkpoints`: rerunning a killed run's command resumes it and ends
 with the same results as an unbroken run.
+
+Calibration (categorical heads): with the best-dev variables one temperature T is fitted on the
+dev logits (`calibrate`); results.json reports it with the expected calibration error (ECE) on
+dev and test before and after dividing the logits by T, and model.json stores it with the head
+(`ser.temperature`) for `emosup.predict`.
 """
 import json
 import pathlib
@@ -29,7 +34,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from emosup import audio, checkpoint, config_lib, losses, metrics, parallel
+from emosup import audio, checkpoint, config_lib, errors, logs, losses, metrics, parallel, run_config
 from emosup.data import corpus as corpus_lib
 from emosup.data import pipeline
 from emosup.embed import Encoder, embed_paths, shortest_input
@@ -39,6 +44,10 @@ from emosup.models.speaker import build_encoder
 
 DIMENSIONS = ("arousal", "valence", "dominance")
 _TARGETS = ("categorical", "dimensional", "both")
+# Fewer scored dev rows than this: no temperature is fitted (T = 1, the reason recorded).
+MIN_CALIBRATION_ROWS = 10
+# Per-row arrays in evaluation outputs, kept out of the history and results.json.
+ROW_ARRAYS = ("probabilities", "logits", "labels")
 
 
 class FinetuneState(train_state.TrainState):
@@ -108,7 +117,7 @@ def _init_encoder(config):
 def evaluate(encoder, head, head_params, rows, classes, target, batch_per_device=8):
     """Scores rows (full utterances) → dict of metrics, confusion matrix, probabilities."""
     emb, _, valid = embed_paths(encoder, [u.path for u in rows], batch_per_device=batch_per_device,
-                                progress=False)
+                                progress="evaluate")
     logits, dims = head.apply({"params": head_params}, jnp.asarray(np.nan_to_num(emb)))
     out = scores(logits, dims, valid, rows, classes)
     if logits is not None:
@@ -117,8 +126,10 @@ def evaluate(encoder, head, head_params, rows, classes, target, batch_per_device
 
 
 def scores(logits, dims, valid, rows, classes):
-    """Metrics of the `valid` rows: macro-F1, UAR, accuracy and the confusion matrix from
-    `logits` [N, C] (or None), CCC per dimension and their mean from `dims` [N, 3] (or None)."""
+    """Metrics of the `valid` rows: macro-F1, UAR, accuracy, ECE (`metrics.ECE_BINS` bins, of
+    softmax(logits)) and the confusion matrix from `logits` [N, C] (or None), plus those rows'
+    `logits` and `labels` as arrays (for `calibrate`; `ROW_ARRAYS`); CCC per dimension and their
+    mean from `dims` [N, 3] (or None)."""
     valid = np.asarray(valid, bool)
     out = {"utterances": int(valid.sum()), "unreadable": int((~valid).sum())}
     if logits is not None:
@@ -127,6 +138,9 @@ def scores(logits, dims, valid, rows, classes):
         cm = metrics.confusion_matrix(labels, preds, len(classes))
         m = metrics.classification_metrics(cm)
         out.update(macro_f1=m["macro_f1"], uar=m["uar"], accuracy=m["accuracy"], confusion=cm.tolist())
+        row_logits = np.asarray(logits, np.float64)[valid]
+        out.update(ece=metrics.expected_calibration_error(metrics.softmax(row_logits), labels),
+                   logits=row_logits, labels=labels)
     if dims is not None:
         stats = metrics.CCCStats(len(DIMENSIONS))
         stats.update(np.asarray(dims)[valid], _dims(rows, "evaluation")[valid])
@@ -161,6 +175,41 @@ def _selection_score(result, target):
     return result["macro_f1"] if target != "dimensional" else result["ccc_mean"]
 
 
+def calibrate(dev, test, target):
+    """Temperature scaling of the categorical head, fitted on dev (never on test).
+
+    dev, test: `scores` outputs of the selected variables (with `logits` and `labels`). Returns
+    {"temperature": T, "fitted_on": "dev" or None, "reason" (only when T was not fitted),
+    "ece_bins", "dev"/"test": {"ece", "ece_calibrated", "nll", "nll_calibrated"}}: T minimises
+    the dev negative log-likelihood of softmax(logits / T) (`metrics.fit_temperature`); with
+    fewer than MIN_CALIBRATION_ROWS scored dev rows T = 1 and "reason" says why. A
+    dimensional-only head has no probabilities: {"temperature": None, "reason": …}.
+    """
+    if target == "dimensional":
+        return {"temperature": None, "reason": "target='dimensional' has no class probabilities"}
+    n_dev = 0 if dev is None else len(dev["labels"])
+    out = {"temperature": 1.0, "fitted_on": None, "ece_bins": metrics.ECE_BINS}
+    if n_dev < MIN_CALIBRATION_ROWS:
+        out["reason"] = (f"dev has {n_dev} scored utterance(s), fewer than the "
+                         f"{MIN_CALIBRATION_ROWS} a temperature is fitted on: T = 1 (uncalibrated)")
+        logging.warning("finetune: %s", out["reason"])
+    else:
+        out.update(temperature=metrics.fit_temperature(dev["logits"], dev["labels"]), fitted_on="dev")
+    t = out["temperature"]
+    for name, split in (("dev", dev), ("test", test)):
+        if split is None or not len(split["labels"]):
+            continue
+        lg, y = split["logits"], split["labels"]
+        out[name] = {"ece": metrics.expected_calibration_error(metrics.softmax(lg), y),
+                     "ece_calibrated": metrics.expected_calibration_error(metrics.softmax(lg, t), y),
+                     "nll": metrics.negative_log_likelihood(lg, y),
+                     "nll_calibrated": metrics.negative_log_likelihood(lg, y, t)}
+    if out["fitted_on"]:
+        logging.info("finetune: temperature T=%.4g fitted on dev; ECE %s", t, ", ".join(
+            f"{k} {out[k]['ece']:.4f} → {out[k]['ece_calibrated']:.4f}" for k in ("dev", "test") if k in out))
+    return out
+
+
 def validate(config, name="config"):
     """Fails before any work, naming the first bad field (as `name`.field: the experiment's
     fine-tuning settings are `config.finetune`) and what it expects."""
@@ -175,11 +224,35 @@ def validate(config, name="config"):
             raise ValueError(f"{name}.{field}={config[field]!r}: must be a positive integer")
 
 
+_TEST_COLUMNS = (("macro_f1", "macro-F1"), ("uar", "UAR"), ("accuracy", "accuracy"), ("ece", "ECE"),
+                 ("ccc_arousal", "CCC arousal"), ("ccc_valence", "CCC valence"),
+                 ("ccc_dominance", "CCC dominance"), ("ccc_mean", "CCC mean"))
+
+
+def format_test(result, workdir):
+    """The test scores of a fine-tuning result as a small table, and where the files are."""
+    test = result["test"]
+    cols = [(k, name) for k, name in _TEST_COLUMNS if isinstance(test.get(k), (int, float))]
+    workdir = pathlib.Path(workdir)
+    lines = [f"SER fine-tuning — test: {test.get('utterances', '?')} utterances of speakers unseen in "
+             f"fine-tuning; weights of the best dev step ({result['best_step']})",
+             "| " + " | ".join(name for _, name in cols) + " |", "|" + "---:|" * len(cols),
+             "| " + " | ".join(f"{test[k]:.3f}" for k, _ in cols) + " |",
+             f"wrote {workdir / 'results.json'} (scores, history, config: {workdir / 'config.json'}); "
+             f"the model for `python -m emosup.predict --checkpoint={workdir}`; "
+             f"TensorBoard: {workdir / 'tensorboard'}"]
+    return "\n".join(lines)
+
+
 def run(config, workdir, corpus=None):
     """Fine-tunes and evaluates; writes results.json, confusion.png and variables/ into workdir."""
-    validate(config)
+    with errors.config_errors():
+        validate(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
+    # A resume must continue the same run: stop now if the saved config differs.
+    run_config.prepare(workdir, config, resuming=run_config.holds_state(workdir, ("results.json",)),
+                       what="fine-tuning")
     corpus = corpus or corpus_lib.open_corpus(config.data, workdir)
     train_rows, dev_rows, test_rows, classes = _split_rows(config, corpus)
     target = config.ser.target
@@ -262,6 +335,7 @@ def run(config, workdir, corpus=None):
 
     # --- Resume: the last dev evaluation's checkpoint (state, best variables, history). ---
     ckpt = checkpoint.Checkpointer(workdir, keep=2)
+    writer = logs.Summaries(workdir)  # TensorBoard: train loss, dev and test metrics
     state, start_step, history, best, best_score = restore(ckpt, state, skip_log)
     batches = pipeline.crop_batches(
         paths, labels, lengths, crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
@@ -271,6 +345,7 @@ def run(config, workdir, corpus=None):
     # --- Loop with dev selection; a checkpoint after every dev evaluation. ---
     eval_enc = Encoder(model_config=model_config, variables=None, name=model_config.get("source"))
     t0, window = time.time(), []
+    best_dev = None  # the dev scores (logits) of `best` when this run selected it, for calibration
     try:
         for step in range(start_step, config.total_steps):
             batch = next(batches)
@@ -288,13 +363,14 @@ def run(config, workdir, corpus=None):
                                       "batch_stats": host["batch_stats"]["encoder"]}
                 dev = evaluate(eval_enc, head, host["params"]["ser_head"], dev_rows, classes, target)
                 score = _selection_score(dev, target)
+                writer.scalars(done, {**{f"train/{k}": v for k, v in m.items()}, **{f"dev/{k}": v for k, v in dev.items()}})
                 history.append({"step": done, "loss": m["loss"], "dev": {
-                    k: v for k, v in dev.items() if k not in ("probabilities", "confusion")}})
+                    k: v for k, v in dev.items() if k not in ROW_ARRAYS + ("confusion",)}})
                 logging.info("finetune step %d/%d  loss %.4f  dev %s %.4f%s  (%.0fs)", done, config.total_steps,
                              float(m["loss"]), "macro-F1" if target != "dimensional" else "CCC", score,
                              "  *best*" if score > best_score else "", time.time() - t0)
                 if score > best_score or best is None:
-                    best, best_score = host, score
+                    best, best_score, best_dev = host, score, dev
                 meta = {"step": done, "history": history, "skipped": skip_log.as_dict(),
                         "best_score": float(best_score) if np.isfinite(best_score) else None}
                 ckpt.save(done, state, json.loads(json.dumps(meta, default=float)), extra={"best": best})
@@ -304,13 +380,19 @@ def run(config, workdir, corpus=None):
     # --- Test with the dev-selected variables. ---
     eval_enc.variables = {"params": best["params"]["encoder"], "batch_stats": best["batch_stats"]["encoder"]}
     test = evaluate(eval_enc, head, best["params"]["ser_head"], test_rows, classes, target)
+    writer.scalars(config.total_steps, {f"test/{k}": v for k, v in test.items()})
+    if n_classes and best_dev is None:  # resumed with `best` from a checkpoint: score dev again
+        best_dev = evaluate(eval_enc, head, best["params"]["ser_head"], dev_rows, classes, target)
+    calibration = calibrate(best_dev, test, target)
     best_step = max(history, key=lambda h: _selection_score(h["dev"], target))["step"]
     result = {"classes": classes, "target": target, "init": config.init or "scratch",
               "init_encoder": loaded, "seed": config.seed,
               "labels_per_class": config.ser.labels_per_class, "train_utterances": len(train_rows),
               "dev_utterances": len(dev_rows), "best_step": best_step, "dev_score": best_score,
-              "test": {k: v for k, v in test.items() if k != "probabilities"}, "history": history,
+              "test": {k: v for k, v in test.items() if k not in ROW_ARRAYS}, "history": history,
+              "temperature": calibration["temperature"], "calibration": calibration,
               "skipped": skip_log.as_dict()}
+    result["config"] = run_config.CONFIG_JSON
     if jax.process_index() == 0:
         (workdir / "results.json").write_text(json.dumps(result, indent=2))
         if n_classes:
@@ -318,7 +400,9 @@ def run(config, workdir, corpus=None):
                                           title=f"test, init={pathlib.Path(config.init).name or 'scratch'}")
         ser_config = dict(model_config, ser={"classes": classes if n_classes else [],
                                              "dimensions": list(DIMENSIONS) if n_dims else [],
-                                             "head_hidden": config.ser.head_hidden})
+                                             "head_hidden": config.ser.head_hidden,
+                                             "temperature": calibration["temperature"],
+                                             "calibration": calibration})
         if not (workdir / "variables").exists():
             checkpoint.export_encoder(workdir, ser_config, {"params": best["params"], "batch_stats": best["batch_stats"]})
     return result

@@ -17,7 +17,8 @@ tiny one so the arms run on a CPU, and says so). The body runs per utterance
 (`Wav2Vec2PerUtterance`: padding never changes a row), the convolutional feature encoder is
 frozen (as HF's fine-tuning recipes do), and the transformer is frozen for the first
 `ser.freeze_steps` steps. Rows, dev selection, metrics, checkpoints and resume follow
-`emosup.finetune` exactly; the results dict has the same schema.
+`emosup.finetune` exactly; the results dict has the same schema, the dev-fitted temperature
+and ECE (`finetune.calibrate`) included (these arms export no model folder for `predict`).
 """
 import json
 import pathlib
@@ -31,10 +32,11 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from emosup import audio, checkpoint, finetune, losses, parallel
+from emosup import audio, checkpoint, errors, finetune, logs, losses, parallel, run_config
 from emosup.convert import hf_wav2vec2
 from emosup.data import pipeline
-from emosup.finetune import DIMENSIONS, _dims, _selection_score, _split_rows, restore, scores, window_means
+from emosup.finetune import (DIMENSIONS, ROW_ARRAYS, _dims, _selection_score, _split_rows, calibrate, restore,
+                              scores, window_means)
 from emosup.models import w2v2_ser
 from emosup.models.heads import ProjectionHead, SerHead
 from emosup.models.speaker import build_encoder
@@ -150,13 +152,19 @@ def validate(config, arm=None, name="config", check_init=True):
 
 def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None, embedding_cache=None):
     """Fine-tunes arm `arm` and evaluates; writes results.json into workdir (finetune's schema)."""
-    validate(config, arm, check_init=False)
+    with errors.config_errors():
+        validate(config, arm, check_init=False)
     # The init is read (and checked) once, before any other work.
     w2v2_cfg, do_normalize, source, pretrained = _w2v2_init(config.w2v2)
     from emosup import embed, train  # pair tables and the ECAPA embedder
 
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
+    # A resume must continue the same run: stop now if the saved config differs. The pair
+    # settings are a whole pretraining config; the experiment-only sections in it are not read.
+    run_config.prepare(workdir, config, resuming=run_config.holds_state(workdir, ("results.json",)),
+                       ignore=tuple(f"pair_config.{s}" for s in run_config.EXPERIMENT_ONLY),
+                       what=f"{arm} fine-tuning")
     train_rows, dev_rows, test_rows, classes = _split_rows(config, corpus)
     target = config.ser.target
     n_classes = len(classes) if target in ("categorical", "both") else 0
@@ -282,6 +290,7 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
     sampler = pipeline.CropSampler(lengths, crop, config.batch_size, config.seed)
 
     ckpt = checkpoint.Checkpointer(workdir, keep=2)
+    writer = logs.Summaries(workdir)  # TensorBoard: train loss, dev and test metrics
     state, start_step, history, best, best_score = restore(ckpt, state, skip_log)
     common = dict(crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
                   process_index=jax.process_index(), seed=config.seed, start_step=start_step,
@@ -322,6 +331,7 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
                       np.stack(out_dims) if n_dims else None, valid, rows, classes)
 
     t0, window = time.time(), []
+    best_dev = None  # the dev scores (logits) of `best` when this run selected it, for calibration
     try:
         for s in range(start_step, config.total_steps):
             batch = next(batches)
@@ -340,13 +350,14 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
                 host = jax.device_get(state.params)
                 dev = evaluate(host, dev_rows)
                 score = _selection_score(dev, target)
+                writer.scalars(done, {**{f"train/{k}": v for k, v in m.items()}, **{f"dev/{k}": v for k, v in dev.items()}})
                 history.append({"step": done, **m,
-                                "dev": {k: v for k, v in dev.items() if k != "confusion"}})
+                                "dev": {k: v for k, v in dev.items() if k not in ROW_ARRAYS + ("confusion",)}})
                 logging.info("finetune %s step %d/%d  loss %.4f  dev %.4f%s  (%.0fs)", arm, done,
                              config.total_steps, float(m["loss"]), score,
                              "  *best*" if score > best_score else "", time.time() - t0)
                 if score > best_score or best is None:
-                    best, best_score = host, score
+                    best, best_score, best_dev = host, score, dev
                 meta = {"step": done, "history": history,
                         "best_score": float(best_score) if np.isfinite(best_score) else None}
                 ckpt.save(done, state, json.loads(json.dumps(meta, default=float)), extra={"best": best})
@@ -354,11 +365,18 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
         ckpt.close()
 
     test = evaluate(best, test_rows)
+    writer.scalars(config.total_steps, {f"test/{k}": v for k, v in test.items()})
+    if n_classes and best_dev is None:  # resumed with `best` from a checkpoint: score dev again
+        best_dev = evaluate(best, dev_rows)
+    calibration = calibrate(best_dev, test, target)
     best_step = max(history, key=lambda h: _selection_score(h["dev"], target))["step"]
     result = {"classes": classes, "target": target, "init": f"{arm}: {source}", "seed": config.seed,
               "labels_per_class": config.ser.labels_per_class, "train_utterances": len(train_rows),
               "dev_utterances": len(dev_rows), "best_step": best_step, "dev_score": best_score,
-              "test": test, "history": history, "skipped": skip_log.as_dict(), "wav2vec2": source}
+              "test": {k: v for k, v in test.items() if k not in ROW_ARRAYS}, "history": history,
+              "temperature": calibration["temperature"], "calibration": calibration,
+              "skipped": skip_log.as_dict(), "wav2vec2": source}
+    result["config"] = run_config.CONFIG_JSON
     if jax.process_index() == 0:
         (workdir / "results.json").write_text(json.dumps(result, indent=2))
     return result

@@ -243,3 +243,106 @@ def plot_confusion_matrix(cm, class_names, path, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     return path
+
+
+# ------------------------------------------------------------------ calibration
+ECE_BINS = 15
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+
+
+def softmax(logits, temperature=1.0):
+    """softmax(logits / temperature) over the last axis, in float64 (numpy)."""
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"softmax: temperature must be a finite number > 0, got {temperature}")
+    z = np.asarray(logits, np.float64) / float(temperature)
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _check_logits_labels(where, logits, labels, name="logits"):
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"{where}: {name} must be [N, C] with one label per row, got {name} "
+                         f"{logits.shape} and {labels.shape[0]} labels")
+    if labels.size == 0:
+        raise ValueError(f"{where}: no examples")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: labels must be integers, got dtype {labels.dtype}")
+    bad = (labels < 0) | (labels >= logits.shape[1])
+    if np.any(bad):
+        raise ValueError(f"{where}: labels[{int(np.argmax(bad))}] = {labels[np.argmax(bad)]} is "
+                         f"outside [0, {logits.shape[1]})")
+    if not np.all(np.isfinite(logits)):
+        raise ValueError(f"{where}: {name} must be finite")
+    return logits, labels
+
+
+def expected_calibration_error(probabilities, labels, num_bins=ECE_BINS):
+    """Expected calibration error (ECE) of the top-label confidence, in [0, 1].
+
+    probabilities: [N, C] class probabilities per example (rows summing to 1, e.g. a softmax);
+    labels: [N] true classes in [0, C). Each example's prediction is its most probable class
+    (the first on ties) and its confidence that probability. The confidences fall in
+    `num_bins` (M, 15 by default) equal-width bins B_m = ((m − 1)/M, m/M], m = 1 … M (a
+    confidence of exactly 0 counts in B_1), and
+
+        ECE = Σ_m |B_m| / N · |acc(B_m) − conf(B_m)|
+
+    with acc(B_m) the share of correct predictions in bin m and conf(B_m) their mean
+    confidence; empty bins add nothing. 0 = confidence matches accuracy in every bin; a model
+    that always says 1.0 and is right half the time has ECE 0.5. The value depends on the
+    binning (this is the usual equal-width, top-label form of Guo et al., 2017), so compare ECEs
+    computed with the same `num_bins` only.
+    """
+    probs, labels = _check_logits_labels("expected_calibration_error", probabilities, labels,
+                                         "probabilities")
+    if int(num_bins) < 1:
+        raise ValueError(f"expected_calibration_error: num_bins must be ≥ 1, got {num_bins}")
+    m = int(num_bins)
+    conf = probs.max(-1)
+    correct = (probs.argmax(-1) == labels).astype(np.float64)
+    # Bin m (0-based) holds (edges[m], edges[m + 1]]; comparing with the edges (not ceil(conf·M))
+    # keeps a confidence of exactly k/M in bin k whatever the rounding of the product.
+    edges = np.linspace(0.0, 1.0, m + 1)
+    bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, m - 1)
+    count = np.bincount(bins, minlength=m)
+    gap = np.bincount(bins, weights=correct, minlength=m) - np.bincount(bins, weights=conf, minlength=m)
+    return float(np.abs(gap).sum() / count.sum())
+
+
+def negative_log_likelihood(logits, labels, temperature=1.0):
+    """Mean −log softmax(logits / temperature)[label] over the examples (natural log).
+
+    logits: [N, C]; labels: [N] ints in [0, C)."""
+    logits, labels = _check_logits_labels("negative_log_likelihood", logits, labels)
+    z = logits / float(temperature)
+    z = z - z.max(-1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(-1))
+    return float(np.mean(log_norm - z[np.arange(labels.size), labels]))
+
+
+def fit_temperature(logits, labels, bounds=TEMPERATURE_BOUNDS):
+    """Temperature scaling: the T > 0 minimising `negative_log_likelihood(logits, labels, T)`.
+
+    logits: [N, C] of held-out examples (dev, never test); labels: [N]. One scalar divides
+    every logit, so the predicted classes (and accuracy, F1, …) do not change, only the
+    confidence: T > 1 softens an overconfident model, T < 1 sharpens an underconfident one.
+    The NLL is convex in 1/T, hence has a single minimum along log T, which a bounded Brent
+    search over log T in `bounds` finds (deterministic, to ~1e-6 relative). Without an
+    interior minimum (e.g. dev classified perfectly with a margin, where the NLL keeps falling
+    as T → 0) the result is the bound it runs into. Logits equal within every row give 1.0.
+    """
+    from scipy.optimize import minimize_scalar
+
+    logits, labels = _check_logits_labels("fit_temperature", logits, labels)
+    lo, hi = (float(b) for b in bounds)
+    if not (0 < lo < hi and np.isfinite(hi)):
+        raise ValueError(f"fit_temperature: bounds must be 0 < low < high < inf, got {bounds}")
+    if np.all(logits == logits[:, :1]):
+        return 1.0  # every row uniform: the temperature changes nothing
+    res = minimize_scalar(lambda u: negative_log_likelihood(logits, labels, np.exp(u)),
+                          bounds=(np.log(lo), np.log(hi)), method="bounded",
+                          options={"xatol": 1e-6})
+    return float(np.exp(res.x))

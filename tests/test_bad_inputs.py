@@ -118,7 +118,7 @@ def test_hf_folder_at_another_sampling_rate_is_refused_by_the_converter(tmp_path
            r"sampling_rate to 16000 in that file\)")
     with pytest.raises(ConversionError, match=msg):
         load_hf_wav2vec2(src)
-    assert convert_main(["wav2vec2", str(src), str(tmp_path / "out")]) == 1
+    assert convert_main(["wav2vec2", str(src), str(tmp_path / "out")]) == 2
     assert re.search(msg, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
@@ -266,7 +266,7 @@ def test_predict_cli_prints_the_error_without_a_traceback(tmp_path, ecapa_dir):
     proc = subprocess.run([sys.executable, "-m", "emosup.predict", f"--checkpoint={ecapa_dir}", str(wav)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"emosup.predict: {ecapa_dir} holds no emotion head" in proc.stderr
+    assert f"emosup.predict: error: {ecapa_dir} holds no emotion head" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

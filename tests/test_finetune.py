@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import REPO, export_random_tiny_ecapa, load_config, use_tiny_corpus
 
-from emosup import checkpoint, config_lib, finetune
+from emosup import checkpoint, config_lib, finetune, metrics
 from emosup.data.corpus import Corpus
 from emosup.data.manifest import Manifest, Utterance
 
@@ -85,11 +85,15 @@ def test_dimensional_finetuning_reports_ccc(tmp_path, synthetic_corpus_dir):
     model = json.loads((tmp_path / "model.json").read_text())
     assert model["ser"]["dimensions"] == ["arousal", "valence", "dominance"]
     assert model["ser"]["classes"] == result["classes"]
+    # The categorical half is calibrated; the dimensional one has no temperature.
+    assert result["calibration"]["fitted_on"] == "dev" and model["ser"]["temperature"] == result["temperature"]
+    assert 0.0 <= test["ece"] <= 1.0 and "ece" in result["history"][-1]["dev"]
 
 
 def test_killed_finetuning_resumes_to_the_same_result(tmp_path, synthetic_corpus_dir, monkeypatch):
     cfg = _tiny(synthetic_corpus_dir, "dimensional")
     unbroken = finetune.run(cfg, tmp_path / "unbroken")
+    assert unbroken["temperature"] is None and "ece" not in unbroken["test"]  # nothing to calibrate
 
     real = finetune.pipeline.crop_batches
 
@@ -171,7 +175,7 @@ def test_the_test_set_is_scored_with_the_best_dev_weights(tmp_path, synthetic_co
     cfg = _tiny(synthetic_corpus_dir, "categorical", steps=4)
     cfg.eval_every, cfg.ser.freeze_steps = 1, 0
     dev_scores = iter([0.2, 0.7, 0.4, 0.5])
-    scored = []
+    scored, dev_out = [], []
     real_evaluate = finetune.evaluate
 
     def spy_evaluate(encoder, head, head_params, rows, classes, target, **kw):
@@ -180,6 +184,7 @@ def test_the_test_set_is_scored_with_the_best_dev_weights(tmp_path, synthetic_co
             scored.append(jax.device_get({"encoder": encoder.variables, "ser_head": head_params}))
         else:
             out["macro_f1"] = next(dev_scores)
+            dev_out.append(out)
         return out
 
     monkeypatch.setattr(finetune, "evaluate", spy_evaluate)
@@ -196,3 +201,21 @@ def test_the_test_set_is_scored_with_the_best_dev_weights(tmp_path, synthetic_co
     # The exported model is the best one too.
     exported = checkpoint.restore_variables(tmp_path / "ft" / "variables")
     assert _equal(exported["params"], saved[2]["params"])
+    # The temperature is fitted on the dev logits of those step-2 variables, reported with ECE
+    # and stored in model.json for predict.
+    cal = result["calibration"]
+    assert cal["fitted_on"] == "dev" and len(dev_out[1]["labels"]) >= finetune.MIN_CALIBRATION_ROWS
+    assert result["temperature"] == cal["temperature"] == metrics.fit_temperature(
+        dev_out[1]["logits"], dev_out[1]["labels"])
+    assert cal["dev"]["ece"] == dev_out[1]["ece"] and cal["test"]["ece"] == result["test"]["ece"]
+    assert cal["dev"]["nll_calibrated"] <= cal["dev"]["nll"]
+    model = json.loads((tmp_path / "ft" / "model.json").read_text())
+    assert model["ser"]["temperature"] == result["temperature"] and model["ser"]["calibration"] == cal
+    on_disk = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert on_disk["calibration"] == cal and "logits" not in on_disk["test"]
+    # Rerun when finished: the best variables come from the checkpoint and dev is scored again
+    # with them, giving the same temperature.
+    monkeypatch.undo()
+    again = finetune.run(cfg, tmp_path / "ft")
+    assert again["temperature"] == pytest.approx(result["temperature"], rel=1e-6)
+    assert again["calibration"]["dev"]["ece"] == pytest.approx(cal["dev"]["ece"], abs=1e-9)

@@ -83,6 +83,11 @@ def test_converted_hf_checkpoint_is_the_starting_point(tmp_path, synthetic_corpu
     body = converted["params"]
     jax.tree.map(np.testing.assert_array_equal, seen["body"], body)  # before any step
     assert r["wav2vec2"].startswith("huggingface:")
+    # Calibrated like the ECAPA fine-tuning: a temperature fitted on dev, ECE before and after.
+    cal = json.loads((tmp_path / "ft" / "results.json").read_text())["calibration"]
+    assert cal == r["calibration"] and cal["fitted_on"] == "dev" and r["temperature"] == cal["temperature"] > 0
+    assert cal["test"]["ece"] == r["test"]["ece"] and cal["dev"]["nll_calibrated"] <= cal["dev"]["nll"]
+    assert "logits" not in r["test"] and "logits" not in r["history"][-1]["dev"]
     assert sorted(saved) == [2, 4]
     jax.tree.map(np.testing.assert_array_equal, saved[2], body)  # frozen: bit for bit
     # The convolutional feature encoder stays frozen throughout (as HF's recipes do) ...
