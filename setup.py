@@ -24,6 +24,7 @@ setup(
         "librosa>=0.10",
         "soundfile",
         "scikit-learn",
+        "threadpoolctl",  # thread limits for scikit-learn's OpenMP work (installed with scikit-learn)
         "tensorflow-cpu>=2.16",
         "tensorflow-datasets",
         "pyyaml",

@@ -46,9 +46,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from emosup import audio, cluster, config_lib, optim, parallel
+from emosup import audio, cluster, config_lib, errors, optim, parallel
 from emosup.models import ecapa
 
 
@@ -894,7 +894,7 @@ def main(argv):
     groups = [g for g in FLAGS.only.split(",") if g] or list(GROUPS)
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
-        raise app.UsageError(f"--only: unknown group(s) {unknown}; known: {','.join(GROUPS)}")
+        raise errors.UserError(f"--only: unknown group(s) {unknown}; known: {','.join(GROUPS)}")
     runs = {
         "fbank": lambda: bench_fbank(batch=8, seconds=3.0, repeats=5 if quick else 20),
         "kmeans": lambda: bench_kmeans(
@@ -943,4 +943,4 @@ if __name__ == "__main__":
                         "tf.data pipeline rows compare against")
     flags.DEFINE_string("profile_dir", "", "if set, write a jax.profiler trace of each row group under "
                         "DIR/<group> (view with TensorBoard's profile plugin or ui.perfetto.dev)")
-    app.run(main)
+    errors.run_cli("bench", main)

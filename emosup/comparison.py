@@ -42,6 +42,7 @@ def _finetune_config(config, init, seed):
     crop = c.data.crop_seconds
     c.seed, c.init, c.data = seed, str(init) if init else "", copy.deepcopy(config.data)
     c.data.crop_seconds = crop  # fine-tuning keeps its own crop length
+    c.allow_config_change = config.get("allow_config_change") or c.get("allow_config_change", "")
     c.lock()
     return c
 
@@ -188,7 +189,8 @@ def run(config, workdir, corpus, speaker_dir):
                # Each arm's starting point as loaded (first seed): a pretraining arm's encoder before
                # pretraining, and the encoder fine-tuning started from (weights' fingerprints).
                "starts": starts,
-               "speaker_encoder": str(speaker_dir)}
+               "speaker_encoder": str(speaker_dir),
+               "config": "config.json"}  # the experiment's, beside results.json
     if pair_quality:  # the pair arms' tables, where the unlabelled rows carry emotion labels
         results["pair_quality"] = {str(s): q for s, q in pair_quality.items()}
     w2v2_runs = [runs[a][0] for a in arms if a in finetune_w2v2.ARMS]

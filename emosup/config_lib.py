@@ -73,6 +73,14 @@ TINY_SYNTHETIC = dict(speakers_unlabelled=6, speakers_labelled=2, speakers_test=
                       utterances_per_speaker_emotion=4, max_duration=2.0)
 
 
+def synthetic_cache_dir(settings):
+    """Where the synthetic corpus of these settings is generated and cached
+    ($EMOSUP_CACHE, default ~/.cache/emosup): reruns, other workdirs and other stages reuse it."""
+    key = hashlib.sha1(json.dumps(dict(settings), sort_keys=True, default=list).encode()).hexdigest()[:10]
+    cache = os.environ.get("EMOSUP_CACHE", os.path.expanduser("~/.cache/emosup"))
+    return os.path.join(cache, f"synthetic-{key}")
+
+
 def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, batch_size=32,
                     objective="speaker", pairs_encoder=""):
     """Encoder pretraining on `train_split` with emotions unused (emosup.tasks objectives).
@@ -127,6 +135,7 @@ def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, bat
     c.log_every = 20
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
+    c.allow_config_change = ""  # resume despite these changed fields (comma-separated | all)
     return c
 
 
@@ -157,6 +166,7 @@ def finetune_config(manifest="", synthetic_dir="", init="", preset="tiny", steps
     c.batch_size = batch_size
     c.total_steps = steps
     c.eval_every = max(steps // 4, 1)
+    c.allow_config_change = ""  # resume despite these changed fields (comma-separated | all)
     return c
 
 
@@ -208,11 +218,7 @@ def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, bat
         c.log_every, c.checkpoint_every = 2, 4
         c.optim.warmup_steps = 1
     if not c.data.manifest and not c.data.synthetic_dir:
-        # The generated corpus is cached by its settings, so reruns and other workdirs reuse it.
-        key = hashlib.sha1(json.dumps(c.data.synthetic.to_dict(), sort_keys=True, default=list)
-                           .encode()).hexdigest()[:10]
-        cache = os.environ.get("EMOSUP_CACHE", os.path.expanduser("~/.cache/emosup"))
-        c.data.synthetic_dir = os.path.join(cache, f"synthetic-{key}")
+        c.data.synthetic_dir = synthetic_cache_dir(c.data.synthetic.to_dict())
     c.speaker_encoder = speaker_encoder  # '' = train one on the train split's speakers
     c.study = ml_collections.ConfigDict(dict(k=k, seed=0))
     # The comparison: every arm pretrains with the same budget, then fine-tunes on few labels.

@@ -2,6 +2,11 @@
 
   python -m emosup.embed --checkpoint=DIR --manifest=CSV --out=FILE.npz [--layer=L]
 
+The .npz holds, one row per manifest row and in its order: `ids` (the manifest's `path`
+values, as written), `embeddings` [N, D] float32 (all-NaN for a row that could not be embedded),
+`valid` [N] bool (False on those rows) and `skipped` (the paths of the files that could not be
+read or were too short, sorted; their reasons are in the log).
+
 Each embedding is SpeechBrain's `EncoderClassifier.encode_batch` of that utterance alone:
 Fbank(n_mels=80) → sentence mean normalisation → encoder. To keep shapes static,
 utterances are sorted by length, batched, and padded to a multiple of `bucket_seconds`; the
@@ -34,16 +39,16 @@ features are all zero).
 import collections
 import concurrent.futures
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from emosup import audio, checkpoint, logs, parallel
+from emosup import audio, checkpoint, errors, logs, parallel
+from emosup import progress as progress_lib
 from emosup.data import manifest as manifest_lib
 from emosup.data import pipeline
 from emosup.models import w2v2_ser
@@ -169,6 +174,9 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
     Rows of files that cannot be read are NaN with valid=False; they are logged in
     `skip_log` (a pipeline.SkipLog) and counted, never fatal.
 
+    `progress`: report progress with an ETA (emosup.progress) under the name "embed", or
+    under this name when it is a string; False = silent.
+
     On several hosts (and `mesh=None`) each host embeds its share of the batches on its own
     devices and every host receives every row (an all-gather); a `mesh` given explicitly is
     used as is, so pass `parallel.local_mesh()` to have one host embed everything alone.
@@ -188,7 +196,6 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
     order = [i for i in np.argsort(lengths, kind="stable") if lengths[i] > 0]
     fn = encoder.jitted(mesh)
     variables = parallel.replicate(encoder.variables, mesh)
-    t_start, t_log, done = time.time(), time.time(), 0
 
     def load(i):
         try:
@@ -197,9 +204,11 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
             skip_log.add(paths[i], e)
             return None
 
-    with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
-        all_chunks = [order[s:s + batch] for s in range(0, len(order), batch)]
-        chunks = all_chunks[jax.process_index()::hosts]  # this host's share (all of them on one host)
+    all_chunks = [order[s:s + batch] for s in range(0, len(order), batch)]
+    chunks = all_chunks[jax.process_index()::hosts]  # this host's share (all of them on one host)
+    with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool, progress_lib.Progress(
+            progress if isinstance(progress, str) else "embed", sum(len(c) for c in chunks), unit="utt",
+            enabled=bool(progress)) as bar:
         # Decode a few batches ahead, never the whole corpus (memory stays bounded).
         ahead = collections.deque(pool.submit(lambda c=c: [load(i) for i in c]) for c in chunks[:3])
         for b, idx in enumerate(chunks):
@@ -221,13 +230,7 @@ def embed_paths(encoder, paths, *, batch_per_device=8, bucket_seconds=1.0, mesh=
                 e, s = jax.device_get(fn(variables, parallel.to_global(x, mesh), parallel.to_global(lens, mesh)))
                 rows = [i for i, _ in keep]
                 emb[rows], stats[rows], valid[rows] = e[:len(rows)], s[:len(rows)], True
-            done += len(idx)
-            if progress and time.time() - t_log > 10:
-                rate = done / (time.time() - t_start)
-                todo = sum(len(c) for c in chunks)  # this host's share
-                logging.info("embed: %d/%d utterances, %.1f utt/s, ETA %.0fs", done, todo, rate,
-                             (todo - done) / max(rate, 1e-9))
-                t_log = time.time()
+            bar.update(len(idx))
     if hosts > 1:
         emb, stats, valid = _gather_host_shares(all_chunks, hosts, emb, stats, valid)
     if len(skip_log) or (hosts > 1 and (~valid).any()):
@@ -280,4 +283,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("layer", None, "wav2vec2 only: HF hidden_states index to average "
                          "(0 = encoder input, -1 = last; default -1)")
     flags.mark_flags_as_required(["checkpoint", "manifest", "out"])
-    app.run(main)
+    errors.run_cli("embed", main)

@@ -22,10 +22,10 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from emosup import logs
+from emosup import errors, logs
 
 
 def validate(config):
@@ -49,10 +49,12 @@ def validate(config):
 
 def run(config, workdir):
     """The whole job; with `config.protocol.folds`, once per fold, then averaged over folds."""
-    validate(config)
+    with errors.config_errors():
+        validate(config)
     workdir = pathlib.Path(workdir).absolute()
     if not config.protocol.folds:
         return _run_one(config, workdir)
+    _prepare(workdir, config)
     from emosup import comparison
 
     option = config.protocol.fold_option
@@ -79,6 +81,14 @@ def run(config, workdir):
     return per_fold, combined
 
 
+def _prepare(workdir, config):
+    """config.json; a rerun may add arms and seeds, but not change what the arms share."""
+    from emosup import run_config
+
+    run_config.prepare(workdir, config, what="experiment", ignore=run_config.EXPERIMENT_MAY_DIFFER,
+                       resuming=run_config.holds_state(workdir, ("study.json", "results.json", "speaker")))
+
+
 def _run_one(config, workdir):
     # Imported here, not at the top: the synthetic corpus's worker processes re-import this
     # module as their __main__, and should not pay for JAX and TensorFlow.
@@ -86,6 +96,7 @@ def _run_one(config, workdir):
     from emosup.data import corpus as corpus_lib
 
     workdir.mkdir(parents=True, exist_ok=True)
+    _prepare(workdir, config)
     corpus = corpus_lib.open_corpus(config.data, workdir)
     logging.info("experiment: corpus %s (%s), %d utterances", corpus.name, corpus.manifest_path,
                  len(corpus.manifest))
@@ -136,4 +147,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Config file (configs/demo.py).", lock_config=True)
     flags.DEFINE_string("workdir", None, "Where everything is written.")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    errors.run_cli("experiment", main)

@@ -3,8 +3,9 @@ import logging as std_logging
 
 from absl import logging
 
-# Orbax logs every save/restore step at INFO; keep its warnings and errors only.
-_QUIET = ("/orbax/", "/tensorstore/")
+# Orbax logs every save/restore step at INFO, and JAX says at INFO that it found no TPU on
+# every machine without one; keep their warnings and errors only.
+_QUIET = ("/orbax/", "/tensorstore/", "/jax/_src/xla_bridge.py")
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -27,3 +28,33 @@ def quiet_other_processes():
     if jax.process_index() > 0:
         logging.set_verbosity(logging.WARNING)
         std_logging.getLogger("absl").setLevel(std_logging.WARNING)
+
+
+class Summaries:
+    """TensorBoard event files in WORKDIR/tensorboard (`tensorboard --logdir WORKDIR`), written
+    by process 0 only; `scalars(step, {name: value})` skips values that are not numbers."""
+
+    def __init__(self, workdir):
+        import pathlib
+
+        import jax
+
+        self.tb = None
+        if jax.process_index() == 0:
+            from emosup.data import pipeline
+
+            tf = pipeline._tf()
+            self.tb = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard"))
+
+    def scalars(self, step, scalars):
+        if self.tb is None:
+            return
+        import numbers
+
+        import tensorflow as tf
+
+        with self.tb.as_default():
+            for k, v in scalars.items():
+                if isinstance(v, numbers.Number) or (hasattr(v, "shape") and v.shape == ()):
+                    tf.summary.scalar(k, float(v), step=step)
+        self.tb.flush()

@@ -15,9 +15,9 @@ import pathlib
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from emosup import logs, study_report
+from emosup import errors, logs, study_report
 from emosup.data import manifest as manifest_lib
 from emosup.data import pipeline
 from emosup.embed import Encoder, embed_paths
@@ -61,6 +61,8 @@ def run(encoder_dir, manifest, workdir, *, split="test", k=None, seed=0, corpus=
             main_arrays = (emb[valid], speakers, emotions)
     result = results.pop(split)
     result["split"] = split
+    if (pathlib.Path(workdir) / "config.json").is_file():
+        result["config"] = "config.json"  # the settings of the run that wrote this study
     result["other_splits"] = {s: {"speakers": r["speakers"], "utterances": r["utterances"],
                                   "methods": r["methods"]} for s, r in results.items()}
     study_report.write_study(result, workdir, *main_arrays)
@@ -70,6 +72,11 @@ def run(encoder_dir, manifest, workdir, *, split="test", k=None, seed=0, corpus=
 def main(argv):
     del argv
     logs.setup()
+    from emosup import run_config
+
+    run_config.prepare(FLAGS.workdir, {"stage": "study", "checkpoint": FLAGS.checkpoint, "manifest": FLAGS.manifest,
+                                       "split": FLAGS.split, "k": FLAGS.k, "seed": FLAGS.seed},
+                       resuming=False, what="study")
     m = manifest_lib.read_manifest(FLAGS.manifest, allowed_splits=None)
     result = run(FLAGS.checkpoint, m, FLAGS.workdir, split=FLAGS.split, k=FLAGS.k, seed=FLAGS.seed)
     print(study_report.format_table(result))
@@ -85,4 +92,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("k", None, "clusters per speaker (default: each speaker's own number of emotions)")
     flags.DEFINE_integer("seed", 0, "k-means seed")
     flags.mark_flags_as_required(["checkpoint", "manifest", "workdir"])
-    app.run(main)
+    errors.run_cli("study", main)

@@ -23,8 +23,10 @@ import math
 import os
 
 import numpy as np
+import threadpoolctl
 
 from emosup import cluster as C
+from emosup import progress
 
 METHODS = ("speaker_kmeans", "chance", "global_kmeans", "logmel_kmeans")
 _LABELS = {"speaker_kmeans": "speaker k-means (embeddings)", "chance": "chance (same sizes)",
@@ -95,7 +97,7 @@ def pair_quality_by_rule(emb, spk, emo, seed=0, rules=PAIR_RULES, num_negatives=
     from emosup.data import pairs
 
     out = {}
-    for name, kwargs in rules:
+    for name, kwargs in progress.track(rules, "study: pair tables by k rule", unit="rule"):
         try:
             table = pairs.build_pair_table(emb, spk, num_negatives=num_negatives, seed=seed, **kwargs)
         except ValueError:
@@ -181,7 +183,7 @@ def run_study(embeddings, speakers, emotions, logmel_stats, *, k: int | None = N
     k_hi = min(k_sweep_max, max(2, int(sizes.max()) - 1))
     ks = list(range(2, k_hi + 1))
     by_k = {kk: (labels["speaker_kmeans"] if kk == k else C.per_speaker_kmeans(emb, spk, kk, seed=seed))
-            for kk in ks}
+            for kk in progress.track(ks, "study: k sweep", unit="k")}
     try:
         best_k, sil = C.silhouette_k(emb, spk, ks, seed=seed, labels_by_k=by_k)
     except ValueError:
@@ -291,14 +293,18 @@ def _tsne_grid(path, result, emb, spk, emo, max_speakers):
     nrow = max(1, math.ceil(len(rows) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
     x = C._l2n(emb)
-    for ax, row in zip(axes.ravel(), rows):
+    for ax, row in progress.track(list(zip(axes.ravel(), rows)), "study: t-SNE pictures", unit="speaker"):
         idx = np.nonzero(spk == row["speaker"])[0]
         n = len(idx)
         if n >= 4:
             # perplexity must stay below n; ~n/3 for small speakers, sklearn's default 30 cap.
             tsne = TSNE(n_components=2, perplexity=float(min(30.0, max(1.0, (n - 1) / 3))),
                         init="pca", random_state=0)
-            y = tsne.fit_transform(x[idx])
+            # One thread: a speaker's few hundred points gain nothing from more, and after JAX
+            # has run, OpenMP's threads compete with XLA's (measured on 2 cores: 60 points took
+            # 11.7 s with the default threads, 1.0 s with one).
+            with threadpoolctl.threadpool_limits(1):
+                y = tsne.fit_transform(x[idx])
         else:  # too few points for t-SNE: show the first two coordinates.
             y = x[idx][:, :2] if x.shape[1] >= 2 else np.c_[x[idx], np.zeros(n)]
         for e in emotions:

@@ -23,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 from flax.training import train_state
 from ml_collections import config_flags
 
-from emosup import audio, checkpoint, config_lib, distributed, logs, optim, parallel, tasks
+from emosup import (audio, checkpoint, config_lib, distributed, errors, logs, optim, parallel, run_config,
+                    tasks)
 from emosup.data import corpus as corpus_lib
 from emosup.data import manifest as manifest_lib
 from emosup.data import pairs as pairs_lib
@@ -219,26 +220,6 @@ def _format_eta(seconds):
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-class _Writer:
-    """Log lines for everyone; TensorBoard event files from process 0 only."""
-
-    def __init__(self, workdir):
-        self.tb = None
-        if jax.process_index() == 0:
-            tf = pipeline._tf()
-            self.tb = tf.summary.create_file_writer(str(pathlib.Path(workdir) / "tensorboard"))
-
-    def scalars(self, step, scalars):
-        if self.tb is None:
-            return
-        import tensorflow as tf
-
-        with self.tb.as_default():
-            for k, v in scalars.items():
-                tf.summary.scalar(k, float(v), step=step)
-        self.tb.flush()
-
-
 def validate(config):
     """Fails before any work, naming the first bad field."""
     if config.objective not in tasks.OBJECTIVES:
@@ -269,11 +250,15 @@ def run(config, workdir, corpus=None, embedding_cache=None):
     `corpus` (a data.corpus.Corpus) saves re-reading the manifest when the caller has it;
     `embedding_cache` is passed to `build_pair_table`.
     """
-    validate(config)
+    with errors.config_errors():
+        validate(config)
     # Every host must run the same job; a difference would silently desynchronise them.
     distributed.check_same("the config", config.to_dict())
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
+    # A resume must continue the same run: stop now if the saved config differs.
+    run_config.prepare(workdir, config, resuming=run_config.holds_state(workdir, ("train_results.json",)),
+                       ignore=run_config.EXPERIMENT_ONLY, what=f"{config.objective} training")
 
     # --- Corpus: training rows, speaker labels (emotion labels are never read here). ---
     corpus = corpus or corpus_lib.open_corpus(config.data, workdir)
@@ -391,7 +376,7 @@ def run(config, workdir, corpus=None, embedding_cache=None):
                                      **common), end
 
     step_fn = jit_train_step(config.objective, encoder, config.loss, mesh)
-    writer = _Writer(workdir)
+    writer = logs.Summaries(workdir)
 
     def save(step):
         meta = {"step": step, "config": config.to_dict(), "skipped": skip_log.as_dict(),
@@ -452,7 +437,7 @@ def run(config, workdir, corpus=None, embedding_cache=None):
         finally:
             ckpt.close()
     result = {"step": config.total_steps, "final": last, "history": history,
-              "skipped": skip_log.as_dict(), "workdir": str(workdir)}
+              "skipped": skip_log.as_dict(), "workdir": str(workdir), "config": run_config.CONFIG_JSON}
     if model_config.get("init"):
         result["init"] = model_config["init"]
     if pair_quality is not None:
@@ -470,7 +455,8 @@ def main(argv):
     if FLAGS.config.get("stage") == "finetune":
         from emosup import finetune
 
-        finetune.run(FLAGS.config, FLAGS.workdir)
+        result = finetune.run(FLAGS.config, FLAGS.workdir)
+        print(finetune.format_test(result, FLAGS.workdir))
     else:
         run(FLAGS.config, FLAGS.workdir)
 
@@ -481,4 +467,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
-    app.run(main)
+    errors.run_cli("train", main)

@@ -14,9 +14,9 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from emosup import logs
+from emosup import errors, logs
 
 
 def run(encoder_dir, trials_path, root, out=None, encoder=None):
@@ -60,4 +60,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("root", None, "folder the trial paths are relative to")
     flags.DEFINE_string("out", "", "optional JSON output")
     flags.mark_flags_as_required(["checkpoint", "trials", "root"])
-    app.run(main)
+    errors.run_cli("verify", main)

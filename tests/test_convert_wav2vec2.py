@@ -247,9 +247,9 @@ def test_cli_end_to_end(base_dir, reference, tmp_path, capsys):
     assert convert_main(["wav2vec2", str(d), str(tmp_path / "heads"), "--keep-heads"]) == 0
     assert capsys.readouterr().out.strip().endswith(", no heads found")
 
-    assert convert_main(["wav2vec2", str(d), str(out)]) == 1  # refuses to overwrite
+    assert convert_main(["wav2vec2", str(d), str(out)]) == 2  # refuses to overwrite
     assert "already exists" in capsys.readouterr().err
-    assert convert_main(["wav2vec2", str(tmp_path / "nope"), str(tmp_path / "o2")]) == 1
+    assert convert_main(["wav2vec2", str(tmp_path / "nope"), str(tmp_path / "o2")]) == 2
     assert "HF wav2vec2 directory not found" in capsys.readouterr().err
     assert convert_main(["hubert", str(d), str(tmp_path / "o3")]) == 2
     assert "supported: speechbrain, wav2vec2" in capsys.readouterr().err

@@ -60,15 +60,15 @@ def main(argv):
     if keep_heads and kind != "wav2vec2":
         print(f"--keep-heads applies to wav2vec2 only\n{USAGE}", file=sys.stderr)
         return 2
-    from emosup import checkpoint
+    from emosup import checkpoint, errors
     from emosup.convert.torch_state import ConversionError
 
     try:
         model_config, variables, text = _convert(kind, src, keep_heads)
         checkpoint.export_encoder(out, model_config, variables)
     except (ConversionError, checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"emosup.convert: {e}", file=sys.stderr)
-        return 1
+        errors.report("convert", e)
+        return errors.EXIT_USER_ERROR
     print(f"converted {src} → {out}: {text}")
     return 0
 

@@ -3,7 +3,8 @@ downloaded corpus folder read by its reader (`config.data.corpus` + `root` + `op
 same readers as `python -m emosup.prepare`; the rows are also written to `workdir/manifest.csv`).
 
 `config.data.manifest` empty → the synthetic corpus is generated (cached) in
-`config.data.synthetic_dir` with `config.data.synthetic`; its splits are `unlabelled`,
+`config.data.synthetic_dir` (empty: the shared cache, `config_lib.synthetic_cache_dir`) with
+`config.data.synthetic`; its splits are `unlabelled`,
 `labelled`, `test`. Otherwise the CSV manifest is read; its splits are `train`, `dev`, `test`.
 `train_split`/`study_split`/`finetune_split` name the roles: pretraining learns on
 `train_split` rows with emotions unused; the study and the SER test use `study_split`
@@ -86,11 +87,11 @@ def open_corpus(data_cfg, workdir=None):
                 "fine-tuning read the `train` split")
         return Corpus(name=data_cfg.get("name") or path.stem, manifest=m, manifest_path=str(path),
                       train_split="train", study_split="test", splits=("train", "dev", "test"))
+    from emosup import config_lib
     from emosup.data.corpora import synthetic
 
-    out = data_cfg.synthetic_dir or (pathlib.Path(workdir) / "corpus" if workdir else None)
-    if not out:
-        raise ValueError("config.data.synthetic_dir is empty and no workdir was given")
+    # No folder given: the shared cache of corpora with these settings (generated once).
+    out = data_cfg.synthetic_dir or config_lib.synthetic_cache_dir(data_cfg.synthetic.to_dict())
     syn_cfg = synthetic.SyntheticConfig(**data_cfg.synthetic.to_dict())
     out = pathlib.Path(out).expanduser().absolute()
     if jax.process_count() > 1:
