@@ -363,7 +363,8 @@ def run(config, workdir, corpus=None):
                                       "batch_stats": host["batch_stats"]["encoder"]}
                 dev = evaluate(eval_enc, head, host["params"]["ser_head"], dev_rows, classes, target)
                 score = _selection_score(dev, target)
-                writer.scalars(done, {**{f"train/{k}": v for k, v in m.items()}, **{f"dev/{k}": v for k, v in dev.items()}})
+                writer.scalars(done, {**{f"train/{k}": v for k, v in m.items()},
+                                      **{f"dev/{k}": v for k, v in dev.items()}})
                 history.append({"step": done, "loss": m["loss"], "dev": {
                     k: v for k, v in dev.items() if k not in ROW_ARRAYS + ("confusion",)}})
                 logging.info("finetune step %d/%d  loss %.4f  dev %s %.4f%s  (%.0fs)", done, config.total_steps,

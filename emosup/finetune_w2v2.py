@@ -350,7 +350,8 @@ def run(config, workdir, corpus, arm, *, pair_encoder=None, fusion_encoder=None,
                 host = jax.device_get(state.params)
                 dev = evaluate(host, dev_rows)
                 score = _selection_score(dev, target)
-                writer.scalars(done, {**{f"train/{k}": v for k, v in m.items()}, **{f"dev/{k}": v for k, v in dev.items()}})
+                writer.scalars(done, {**{f"train/{k}": v for k, v in m.items()},
+                                      **{f"dev/{k}": v for k, v in dev.items()}})
                 history.append({"step": done, **m,
                                 "dev": {k: v for k, v in dev.items() if k not in ROW_ARRAYS + ("confusion",)}})
                 logging.info("finetune %s step %d/%d  loss %.4f  dev %.4f%s  (%.0fs)", arm, done,

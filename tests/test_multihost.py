@@ -17,7 +17,7 @@ import pytest
 from helpers import export_random_tiny_ecapa, REPO
 from multihost_worker import multihost_config
 
-from emosup import checkpoint, distributed, parallel, train
+from emosup import checkpoint, distributed, parallel, run_config, train
 from emosup.data import pipeline
 
 # One worker runs this whole file (pytest -n 2 --dist loadgroup): the 2-process job is a
@@ -153,6 +153,9 @@ def test_the_two_process_checkpoint_resumes_in_one_process(two_process_job, tmp_
     out, _, _ = two_process_job
     shutil.copytree(out / "multitask", tmp_path / "run")
     cfg = multihost_config("multitask", synthetic_corpus_dir, pair_encoder, STEPS + 2)
+    with pytest.raises(run_config.ConfigMismatchError, match=f"total_steps: saved {STEPS}, now {STEPS + 2}"):
+        train.run(cfg, tmp_path / "run")  # training longer changes the schedule: only when asked
+    cfg.allow_config_change = "total_steps"
     result = train.run(cfg, tmp_path / "run")
     assert [h["step"] for h in result["history"]] == [STEPS + 1, STEPS + 2]  # resumed, not restarted
     assert np.isfinite(result["final"]["loss"])
