@@ -125,7 +125,7 @@ def differences(saved, new, ignore=()):
 
 
 def _allowed(config):
-    allow = config.get("allow_config_change", "") if hasattr(config, "get") else ""
+    allow = config.get("allow_config_change", "")  # a ConfigDict or, for the study CLI, a dict
     return {s.strip() for s in str(allow or "").split(",") if s.strip()}
 
 

@@ -60,6 +60,17 @@ def use_tiny_corpus(config, corpus_dir):
     return config
 
 
+def tiny_finetune_config(corpus_dir, target="categorical", steps=6, labels_per_class=2):
+    """configs/finetune.py on the tiny corpus, seconds long: 1 s crops, a dev evaluation every 2
+    steps, the encoder frozen for the first 2, half the labelled speakers held out for dev."""
+    c = load_config(REPO / "configs" / "finetune.py", f"synthetic_dir={corpus_dir},steps={steps},batch_size=8,"
+                                                      f"labels_per_class={labels_per_class},target={target}")
+    c.unlock()
+    use_tiny_corpus(c, corpus_dir)
+    c.data.crop_seconds, c.eval_every, c.ser.freeze_steps, c.ser.dev_fraction = 1.0, 2, 2, 0.5
+    return c
+
+
 def write_speechbrain_hparams(folder, *, n_mels, channels, attention_channels, se_channels, lin_neurons,
                               kernel_sizes=(5, 3, 3, 3, 1), dilations=(1, 2, 3, 4, 1), groups=None,
                               input_size="!ref <n_mels>",

@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, export_random_tiny_ecapa, load_config, use_tiny_corpus
+from helpers import export_random_tiny_ecapa, tiny_finetune_config
 
 from emosup import checkpoint, config_lib, finetune, metrics
 from emosup.data.corpus import Corpus
@@ -63,20 +63,8 @@ def test_emotions_the_config_does_not_know():
 
 
 # ---------------------------------------------------------------- end to end on tiny audio
-FINETUNE = REPO / "configs" / "finetune.py"
-
-
-def _tiny(corpus_dir, target, steps=6):
-    c = load_config(FINETUNE, f"synthetic_dir={corpus_dir},steps={steps},batch_size=8,"
-                              f"labels_per_class=2,target={target}")
-    c.unlock()
-    use_tiny_corpus(c, corpus_dir)
-    c.data.crop_seconds, c.eval_every, c.ser.freeze_steps, c.ser.dev_fraction = 1.0, 2, 2, 0.5
-    return c
-
-
 def test_dimensional_finetuning_reports_ccc(tmp_path, synthetic_corpus_dir):
-    result = finetune.run(_tiny(synthetic_corpus_dir, "both", steps=4), tmp_path)
+    result = finetune.run(tiny_finetune_config(synthetic_corpus_dir, "both", steps=4), tmp_path)
     test = result["test"]
     for d in ("arousal", "valence", "dominance"):
         assert -1.0 <= test[f"ccc_{d}"] <= 1.0
@@ -91,7 +79,7 @@ def test_dimensional_finetuning_reports_ccc(tmp_path, synthetic_corpus_dir):
 
 
 def test_killed_finetuning_resumes_to_the_same_result(tmp_path, synthetic_corpus_dir, monkeypatch):
-    cfg = _tiny(synthetic_corpus_dir, "dimensional")
+    cfg = tiny_finetune_config(synthetic_corpus_dir, "dimensional")
     unbroken = finetune.run(cfg, tmp_path / "unbroken")
     assert unbroken["temperature"] is None and "ece" not in unbroken["test"]  # nothing to calibrate
 
@@ -143,7 +131,7 @@ def test_finetuning_starts_from_init_bit_for_bit_stays_frozen_then_moves(tmp_pat
                                                                          monkeypatch):
     init_dir = export_random_tiny_ecapa(tmp_path / "init", 11)
     _, init = checkpoint.load_encoder_variables(init_dir)
-    cfg = _tiny(synthetic_corpus_dir, "categorical", steps=4)
+    cfg = tiny_finetune_config(synthetic_corpus_dir, "categorical", steps=4)
     cfg.init, cfg.eval_every, cfg.ser.freeze_steps = str(init_dir), 1, 2
     created = {}
     real_create = finetune.FinetuneState.create
@@ -172,7 +160,7 @@ def test_finetuning_starts_from_init_bit_for_bit_stays_frozen_then_moves(tmp_pat
 def test_the_test_set_is_scored_with_the_best_dev_weights(tmp_path, synthetic_corpus_dir, monkeypatch):
     """Dev scores are set here (best at step 2 of 4, so neither the first nor the last);
     the test rows must then be scored with exactly the step-2 variables."""
-    cfg = _tiny(synthetic_corpus_dir, "categorical", steps=4)
+    cfg = tiny_finetune_config(synthetic_corpus_dir, "categorical", steps=4)
     cfg.eval_every, cfg.ser.freeze_steps = 1, 0
     dev_scores = iter([0.2, 0.7, 0.4, 0.5])
     scored, dev_out = [], []

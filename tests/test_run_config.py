@@ -6,21 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, load_config, use_tiny_corpus, write_wav
+from helpers import REPO, tiny_finetune_config, write_wav
 
 from emosup import config_lib, finetune, run_config
 from emosup.errors import ConfigError
 
-FINETUNE = REPO / "configs" / "finetune.py"
-
-
 def _tiny(corpus_dir, labels_per_class=2):
-    c = load_config(FINETUNE, f"synthetic_dir={corpus_dir},steps=4,batch_size=8,"
-                              f"labels_per_class={labels_per_class}")
-    c.unlock()
-    use_tiny_corpus(c, corpus_dir)
-    c.data.crop_seconds, c.eval_every, c.ser.freeze_steps, c.ser.dev_fraction = 1.0, 2, 2, 0.5
-    return c
+    return tiny_finetune_config(corpus_dir, steps=4, labels_per_class=labels_per_class)
 
 
 def test_finetuning_writes_config_json_and_refuses_a_resume_with_other_settings(tmp_path, synthetic_corpus_dir):
