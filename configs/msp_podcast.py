@@ -3,7 +3,7 @@
   python -m emosup.experiment --config=configs/msp_podcast.py:root=/data/MSP-PODCAST-Publish-1.12 --workdir=runs/msp
   python -m emosup.experiment --config=configs/msp_podcast.py:root=...,four_class=1 --workdir=runs/msp4
 
-Protocol (the MSP-Podcast challenge; research/ecosystem.md §1.1): the official Split_Set
+Protocol (the MSP-Podcast challenge, msplabresearch/MSP-Podcast_Challenge): the official Split_Set
 partitions — Train for training (dev = Development), Test1 as `test`; Test2/Test3 are kept in
 the manifest but never used. Classes A S H U F D C N (O and X dropped); `four_class=1` keeps
 neutral/happy/sad/angry. The head predicts the class and A/V/D (1–7 scale) together. Rows of

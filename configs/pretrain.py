@@ -3,7 +3,7 @@
   python -m emosup.train --config=configs/pretrain.py:objective=contrastive,pairs_encoder=runs/spk --workdir=runs/con
   python -m emosup.train --config=configs/pretrain.py:objective=multitask,pairs_encoder=runs/spk,manifest=my.csv --workdir=runs/mt
 
-objective: speaker | contrastive | multitask | adversarial (emosup/tasks.py). The pair
+objective: speaker | contrastive | multitask | adversarial (emosup/trainers/objectives.py). The pair
 objectives draw (anchor, positive, negatives) from the intra-speaker k-means clusters of
 `pairs_encoder`'s embeddings (an emosup checkpoint or a converted SpeechBrain encoder).
 """

@@ -3,7 +3,7 @@
   python -m emosup.experiment --config=configs/voxceleb.py:root=/data/voxceleb1,trials=/data/veri_test2.txt --workdir=runs/vox
   python -m emosup.train --config=configs/voxceleb.py:root=/data/voxceleb2,stage=speaker,preset=c1024,steps=200000 --workdir=runs/vox2
 
-Protocol (research/ecosystem.md §1.6): the speakers of the trial list are held out of
+Protocol (VoxCeleb1-O: the cleaned trial list veri_test2.txt, 37,611 trials): the speakers of the trial list are held out of
 training; after training, every trial is scored by the cosine similarity of the two
 utterances' embeddings and the EER reported (also `python -m emosup.verify`). VoxCeleb has
 no emotion labels: no study and no SER comparison. The trained encoder is what the pair

@@ -168,14 +168,20 @@ def restore_variables(path):
 
 def restore_state(ckpt_dir):
     """(step, train state as numpy arrays) of the latest checkpoint in `ckpt_dir` — readable
-    in any job, e.g. one process reading what a multi-host run wrote."""
-    manager = ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler()})
+    in any job, e.g. one process reading what a multi-host run wrote.
+
+    The saved shapes come from the `state` item's own handler: `CheckpointManager.item_metadata`
+    would visit every item of the step and log a warning for each one it holds no handler for
+    (`meta`, the pair tables, fine-tuning's best variables). Restoring `state` alone visits no
+    other item."""
+    manager = ocp.CheckpointManager(ckpt_dir)
     try:
         step = manager.latest_step()
         if step is None:
             raise CheckpointError(f"{ckpt_dir} holds no finished checkpoint: the run stopped "
                                   "before its first one; rerun its command to train it")
-        target = numpy_target(manager.item_metadata(step)["state"])
+        saved = ocp.StandardCheckpointHandler().metadata(manager.directory / str(step) / "state")
+        target = numpy_target(getattr(saved, "item_metadata", saved))
         return step, manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     finally:
         manager.close()

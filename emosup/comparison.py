@@ -1,61 +1,22 @@
-"""The paper's comparison (PAPER.md Claim 4): pretraining arms × seeds, each fine-tuned for
+"""The paper's comparison (docs/method.md §The comparison): pretraining arms × seeds, each fine-tuned for
 SER on the same few labels and scored on unseen speakers.
 
 Arms: `scratch` (no pretraining), `speaker` (AAM-softmax), `contrastive`, `multitask`,
-`adversarial` (emosup.tasks), all pretrained with the same step budget on the unlabelled
+`adversarial` (emosup.trainers.objectives), all pretrained with the same step budget on the unlabelled
 rows, emotions unused; the pair arms draw pairs from the study's speaker encoder. For each
 seed every arm is fine-tuned with the same labelled subset (it depends on the seed only).
 Writes DIR/results.json, DIR/results.md and DIR/confusion_<arm>.png (summed over seeds).
 """
-import copy
 import json
 import pathlib
 
 import numpy as np
 from absl import logging
 
-from emosup import config_lib, finetune, finetune_w2v2, metrics, tasks, train
+from emosup import config_lib, metrics
+from emosup.trainers import pretrain, ser, ser_ecapa, ser_w2v2
 
-ARMS = ("scratch",) + tasks.OBJECTIVES + (config_lib.PRETRAINED_ARM,) + finetune_w2v2.ARMS
 METRICS = ("macro_f1", "uar", "accuracy", "ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean")
-
-
-def _pretrain_config(config, arm, seed, pair_encoder):
-    c = copy.deepcopy(config)
-    c.unlock()
-    c.objective, c.seed = arm, seed
-    c.total_steps = config.arms.pretrain_steps
-    c.batch_size = config.arms.pretrain_batch_size if tasks.uses_pairs(arm) else config.arms.speaker_batch_size
-    c.data.crop_seconds = config.arms.pretrain_crop_seconds
-    c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps // 10)
-    c.pairs.encoder = str(pair_encoder)
-    # arms_init=speaker_encoder: continue from the given speaker encoder instead of a random one.
-    c.init = str(config.speaker_encoder) if config.arms.get("init") == "speaker_encoder" else ""
-    c.checkpoint_every = max(c.total_steps // 2, 1)
-    c.lock()
-    return c
-
-
-def _finetune_config(config, init, seed):
-    c = copy.deepcopy(config.finetune)
-    c.unlock()
-    crop = c.data.crop_seconds
-    c.seed, c.init, c.data = seed, str(init) if init else "", copy.deepcopy(config.data)
-    c.data.crop_seconds = crop  # fine-tuning keeps its own crop length
-    c.allow_config_change = config.get("allow_config_change") or c.get("allow_config_change", "")
-    c.lock()
-    return c
-
-
-def _w2v2_config(config, seed, speaker_dir):
-    """Fine-tuning config of a wav2vec2 arm: the SER settings of `config.finetune` plus the
-    wav2vec2, loss and pair settings (pairs from the speaker encoder, as the ECAPA arms)."""
-    c = _finetune_config(config, None, seed)
-    c.unlock()
-    c.w2v2, c.loss = copy.deepcopy(config.w2v2), copy.deepcopy(config.loss)
-    c.pair_config = _pretrain_config(config, "contrastive", seed, speaker_dir)
-    c.lock()
-    return c
 
 
 def _summary(values):
@@ -107,11 +68,11 @@ def combine_folds(fold_results, fold_names):
 
 def validate(config):
     """Fails before any work: the arms, the seeds and the pretraining and fine-tuning configs
-    every arm will run with (train.validate, finetune.validate, finetune_w2v2.validate)."""
+    every arm will run with (pretrain.validate, ser.validate, ser_w2v2.validate)."""
     arms = list(config.arms.names)
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if a not in config_lib.ARMS]
     if unknown:
-        raise ValueError(f"config.arms.names={tuple(arms)!r}: unknown arms {unknown}; known: {list(ARMS)}")
+        raise ValueError(f"config.arms.names={tuple(arms)!r}: unknown arms {unknown}; known: {list(config_lib.ARMS)}")
     if not arms:
         return
     if not config.arms.seeds:
@@ -128,19 +89,19 @@ def validate(config):
         if arms_init:
             raise ValueError("arms_init=speaker_encoder starts the arms from the given speaker encoder, but "
                              "none is given: add speaker_encoder=DIR or drop arms_init")
-    if any(a in tasks.OBJECTIVES for a in arms):
+    if any(a in config_lib.OBJECTIVES for a in arms):
         config_lib.check_crop_seconds("config.arms.pretrain_crop_seconds", config.arms.pretrain_crop_seconds)
         for field in ("pretrain_steps", "pretrain_batch_size", "speaker_batch_size"):
             if not (isinstance(config.arms[field], int) and config.arms[field] > 0):
                 raise ValueError(f"config.arms.{field}={config.arms[field]!r}: must be a positive integer")
         for arm in arms:
-            if arm in tasks.OBJECTIVES:
-                train.validate(_pretrain_config(config, arm, seed, "the study's speaker encoder"))
+            if arm in config_lib.OBJECTIVES:
+                pretrain.validate(config_lib.pretrain_stage(config, arm, seed, "the study's speaker encoder"))
     # The fine-tuning settings are config.finetune, its data those of config.data.
-    if any(a not in finetune_w2v2.ARMS for a in arms):
-        finetune.validate(_finetune_config(config, None, seed), "config.finetune")
-    if any(a in finetune_w2v2.ARMS for a in arms):
-        finetune_w2v2.validate(_w2v2_config(config, seed, "the study's speaker encoder"), name="config.finetune")
+    if any(a not in config_lib.W2V2_ARMS for a in arms):
+        ser.validate(config_lib.finetune_stage(config, None, seed), "config.finetune")
+    if any(a in config_lib.W2V2_ARMS for a in arms):
+        ser_w2v2.validate(config_lib.w2v2_stage(config, seed, "the study's speaker encoder"), name="config.finetune")
 
 
 def run(config, workdir, corpus, speaker_dir):
@@ -151,14 +112,14 @@ def run(config, workdir, corpus, speaker_dir):
     cache, runs, starts, pair_quality = {}, {a: [] for a in arms}, {}, {}
     for seed in config.arms.seeds:
         for arm in arms:
-            if arm in finetune_w2v2.ARMS:
+            if arm in config_lib.W2V2_ARMS:
                 # Fusion takes the ECAPA of this seed's contrastive arm when it ran, else the
                 # speaker encoder of the study.
                 con = workdir / "pretrain" / "contrastive" / f"seed{seed}"
                 fusion = con if "contrastive" in arms and (con / "model.json").is_file() else speaker_dir
                 logging.info("comparison: fine-tuning wav2vec2 arm %s, seed %d", arm, seed)
-                runs[arm].append(finetune_w2v2.run(
-                    _w2v2_config(config, seed, speaker_dir), workdir / "finetune" / arm / f"seed{seed}",
+                runs[arm].append(ser_w2v2.run(
+                    config_lib.w2v2_stage(config, seed, speaker_dir), workdir / "finetune" / arm / f"seed{seed}",
                     corpus, arm, fusion_encoder=fusion, embedding_cache=cache))
                 continue
             init = None
@@ -167,7 +128,7 @@ def run(config, workdir, corpus, speaker_dir):
             elif arm != "scratch":
                 init = workdir / "pretrain" / arm / f"seed{seed}"
                 logging.info("comparison: pretraining arm %s, seed %d", arm, seed)
-                pre = train.run(_pretrain_config(config, arm, seed, speaker_dir), init, corpus=corpus,
+                pre = pretrain.run(config_lib.pretrain_stage(config, arm, seed, speaker_dir), init, corpus=corpus,
                                 embedding_cache=cache)
                 starts.setdefault(arm, {})["pretraining_from"] = pre.get("init") or {
                     "source": "random", "preset": config.model.preset}
@@ -175,7 +136,7 @@ def run(config, workdir, corpus, speaker_dir):
                     pair_quality.setdefault(seed, {k: v for k, v in pre["pair_quality"].items()
                                                    if k != "per_speaker"})
             logging.info("comparison: fine-tuning arm %s, seed %d", arm, seed)
-            res = finetune.run(_finetune_config(config, init, seed), workdir / "finetune" / arm / f"seed{seed}",
+            res = ser_ecapa.run(config_lib.finetune_stage(config, init, seed), workdir / "finetune" / arm / f"seed{seed}",
                                corpus=corpus)
             starts.setdefault(arm, {}).setdefault("fine_tuning_from", res.get("init_encoder"))
             runs[arm].append(res)
@@ -193,7 +154,7 @@ def run(config, workdir, corpus, speaker_dir):
                "config": "config.json"}  # the experiment's, beside results.json
     if pair_quality:  # the pair arms' tables, where the unlabelled rows carry emotion labels
         results["pair_quality"] = {str(s): q for s, q in pair_quality.items()}
-    w2v2_runs = [runs[a][0] for a in arms if a in finetune_w2v2.ARMS]
+    w2v2_runs = [runs[a][0] for a in arms if a in config_lib.W2V2_ARMS]
     if w2v2_runs:
         results["wav2vec2"] = w2v2_runs[0]["wav2vec2"]
     write(results, workdir)

@@ -3,6 +3,7 @@
 `--config=configs/demo.py:manifest=/data/my.csv,steps=200` passes "manifest=...,steps=200" to
 `get_config`; `parse_arg` turns it into a dict and rejects keys the config does not know.
 """
+import copy
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ def parse_arg(arg, **defaults):
 
 
 # The shortest training crop: 5 frames of 10 ms (640 samples at 16 kHz), the fewest ECAPA-TDNN
-# accepts (its dilation-4 convolution reflect-pads 4 frames on each side; emosup.embed skips
+# accepts (its dilation-4 convolution reflect-pads 4 frames on each side; the encoders skip
 # shorter utterances for the same reason); above wav2vec2's 400-sample receptive field too.
 MIN_CROP_SECONDS = 0.04
 
@@ -54,7 +55,7 @@ def check_crop_seconds(field, value):
 
 
 def synthetic_defaults():
-    """The built-in corpus as the demo uses it (see emosup/data/corpora/synthetic.py)."""
+    """The built-in corpus as the demo uses it (see emosup/data/synthetic/)."""
     return ml_collections.ConfigDict(dict(
         seed=1234,
         speakers_unlabelled=24,
@@ -83,7 +84,7 @@ def synthetic_cache_dir(settings):
 
 def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, batch_size=32,
                     objective="speaker", pairs_encoder=""):
-    """Encoder pretraining on `train_split` with emotions unused (emosup.tasks objectives).
+    """Encoder pretraining on `train_split` with emotions unused (emosup.trainers.objectives).
 
     For the pair objectives `batch_size` counts anchors; each brings a positive and
     `pairs.num_negatives` negatives, so a step embeds batch_size × (2 + K) crops.
@@ -108,7 +109,7 @@ def pretrain_config(manifest="", synthetic_dir="", preset="tiny", steps=400, bat
     c.loss = ml_collections.ConfigDict(dict(
         # SpeechBrain ECAPA recipe values (recipes/VoxCeleb/SpeakerRec/hparams/train_ecapa_tdnn.yaml).
         aam_margin=0.2, aam_scale=30.0,
-        # Our choices (PAPER.md: the paper's values are not public).
+        # emosup's choices (the paper's values are not public): docs/method.md §Objectives.
         temperature=0.1,        # InfoNCE τ
         symmetric=True,         # both directions: anchor→positive and positive→anchor
         projection_hidden=256, projection_dim=128,
@@ -146,7 +147,7 @@ def speaker_config(**kwargs):
 
 def finetune_config(manifest="", synthetic_dir="", init="", preset="tiny", steps=300, batch_size=16,
                     labels_per_class=8, target="categorical"):
-    """SER fine-tuning (emosup.finetune) from `init` (a pretraining workdir / converted encoder)."""
+    """SER fine-tuning (emosup.trainers.ser) from `init` (a pretraining workdir / converted encoder)."""
     c = ml_collections.ConfigDict()
     c.stage = "finetune"
     c.seed = 0
@@ -170,10 +171,21 @@ def finetune_config(manifest="", synthetic_dir="", init="", preset="tiny", steps
     return c
 
 
-ALL_ARMS = ("scratch", "speaker", "contrastive", "multitask", "adversarial")
+# The comparison's arms, defined once. An ECAPA arm is `scratch` (no pretraining) or one of
+# the pretraining objectives (emosup.trainers.objectives) run on the unlabelled rows before fine-tuning.
+OBJECTIVES = ("speaker", "contrastive", "multitask", "adversarial")
+PAIR_OBJECTIVES = ("contrastive", "multitask", "adversarial")  # trained on the pair tables
+ALL_ARMS = ("scratch",) + OBJECTIVES
 PRETRAINED_ARM = "pretrained"  # the given speaker encoder fine-tuned as it is (speaker_encoder=)
 W2V2_ARMS = ("w2v2", "w2v2_contrastive", "w2v2_multitask", "w2v2_fusion")
+W2V2_PAIR_ARMS = ("w2v2_contrastive", "w2v2_multitask")  # fine-tuned with the pair tables
+ARMS = ALL_ARMS + (PRETRAINED_ARM,) + W2V2_ARMS
 ARMS_INIT = ("", "speaker_encoder")  # where the pretraining arms start: random | the speaker encoder
+
+
+def uses_pairs(name):
+    """Whether the objective or arm `name` reads the intra-speaker pair tables."""
+    return name in PAIR_OBJECTIVES + W2V2_PAIR_ARMS
 
 
 def arm_names(arg, pretrained=False):
@@ -184,7 +196,7 @@ def arm_names(arg, pretrained=False):
     if arg in ("0", "none", "false", "no", ""):
         return ()
     ecapa_arms = ALL_ARMS + ((PRETRAINED_ARM,) if pretrained else ())
-    known = ALL_ARMS + (PRETRAINED_ARM,) + W2V2_ARMS
+    known = ARMS
     names = []
     for a in arg.split("+"):
         a = a.strip()
@@ -243,7 +255,7 @@ def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, bat
     c.protocol = ml_collections.ConfigDict(dict(fold_option="", folds=()))
     # Speaker verification (VoxCeleb): a trial list scored with the speaker encoder (EER).
     c.verification = ml_collections.ConfigDict(dict(trials=""))
-    # The wav2vec2 arms (emosup.finetune_w2v2): weights from `init` (a converted HF folder) or,
+    # The wav2vec2 arms (emosup.trainers.ser_w2v2): weights from `init` (a converted HF folder) or,
     # without one, a randomly initialised `model` -- tiny here so the arms run on a CPU.
     c.w2v2 = ml_collections.ConfigDict(dict(
         init="",
@@ -254,6 +266,59 @@ def experiment_config(manifest="", synthetic_dir="", preset="tiny", steps=0, bat
         contrastive_weight=0.5,  # λ_c (our choice)
         speaker_weight=0.5,      # λ_s (our choice)
     ))
+    return c
+
+
+# --- The stages an experiment runs, each derived here once and given only its own part. ---
+
+def speaker_stage(config):
+    """The pretraining config inside an experiment `config` (its speaker-encoder training):
+    the fields of `pretrain_config`, nothing of the study, the arms or fine-tuning."""
+    own = {key: copy.deepcopy(config[key]) for key in pretrain_config().keys()}
+    c = ml_collections.ConfigDict(own)
+    c.stage = "pretrain"
+    c.lock()
+    return c
+
+
+def pretrain_stage(config, arm, seed, pair_encoder):
+    """The pretraining of comparison arm `arm` (an objective) for `seed`, pairs from `pair_encoder`."""
+    c = speaker_stage(config)
+    c.unlock()
+    c.objective, c.seed = arm, seed
+    c.total_steps = config.arms.pretrain_steps
+    c.batch_size = config.arms.pretrain_batch_size if uses_pairs(arm) else config.arms.speaker_batch_size
+    c.data.crop_seconds = config.arms.pretrain_crop_seconds
+    c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps // 10)
+    c.pairs.encoder = str(pair_encoder)
+    # arms_init=speaker_encoder: continue from the given speaker encoder instead of a random one.
+    c.init = str(config.speaker_encoder) if config.arms.get("init") == "speaker_encoder" else ""
+    c.checkpoint_every = max(c.total_steps // 2, 1)
+    c.lock()
+    return c
+
+
+def finetune_stage(config, init, seed):
+    """The SER fine-tuning of an arm for `seed` from encoder folder `init` (None: from scratch):
+    `config.finetune` on the experiment's corpus, with fine-tuning's own crop length."""
+    c = copy.deepcopy(config.finetune)
+    c.unlock()
+    crop = c.data.crop_seconds
+    c.seed, c.init, c.data = seed, str(init) if init else "", copy.deepcopy(config.data)
+    c.data.crop_seconds = crop
+    c.allow_config_change = config.get("allow_config_change") or c.get("allow_config_change", "")
+    c.lock()
+    return c
+
+
+def w2v2_stage(config, seed, pair_encoder):
+    """The fine-tuning of a wav2vec2 arm for `seed`: `finetune_stage` from scratch plus the
+    wav2vec2 and loss settings and the pair settings (pairs from `pair_encoder`, as the ECAPA arms)."""
+    c = finetune_stage(config, None, seed)
+    c.unlock()
+    c.w2v2, c.loss, c.pairs = copy.deepcopy(config.w2v2), copy.deepcopy(config.loss), copy.deepcopy(config.pairs)
+    c.pairs.encoder = str(pair_encoder)
+    c.lock()
     return c
 
 
@@ -311,19 +376,17 @@ def corpus_config(corpus, arg, *, classes, target="categorical", options=None, e
     c.finetune.ser.target = target
     c.protocol.fold_option = fold_option
     c.protocol.folds = _folds(corpus, a.folds, folds)
-    c.stage = a.stage
-    if a.stage in ("experiment", "speaker"):
+    if a.stage == "experiment":
         return c
-    if a.stage == "pretrain":
-        c.objective, c.pairs.encoder = a.objective, a.pairs_encoder
-        c.total_steps, c.batch_size = c.arms.pretrain_steps, c.arms.pretrain_batch_size
-        return c
-    f = c.finetune  # stage finetune
-    f.init = a.init
-    crop = f.data.crop_seconds
-    f.data = c.data
-    f.data.crop_seconds = crop
-    return f
+    if a.stage in ("speaker", "pretrain"):
+        p = speaker_stage(c)
+        p.unlock()
+        p.stage = a.stage
+        if a.stage == "pretrain":
+            p.objective, p.pairs.encoder = a.objective, a.pairs_encoder
+            p.total_steps, p.batch_size = c.arms.pretrain_steps, c.arms.pretrain_batch_size
+        return p
+    return finetune_stage(c, a.init, c.seed)
 
 
 def _folds(corpus, arg, folds):

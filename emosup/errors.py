@@ -22,6 +22,16 @@ class ConfigError(UserError):
     """A config value that cannot work (raised before any work starts)."""
 
 
+class ConversionError(UserError):
+    """A weight file or its conversion is unusable; the message names every problem."""
+
+    def __init__(self, message, missing=(), unused=(), mismatched=()):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unused = list(unused)
+        self.mismatched = list(mismatched)
+
+
 @contextlib.contextmanager
 def config_errors():
     """Turns the ValueErrors of a config validation into ConfigErrors (the validators check

@@ -35,7 +35,8 @@ def validate(config):
     if stage != "experiment":
         raise ValueError(f"config.stage={stage!r}: `python -m emosup.experiment` runs stage=experiment "
                          f"(the default); run stage={stage} with `python -m emosup.train`")
-    from emosup import checkpoint, comparison, train
+    from emosup import checkpoint, comparison, config_lib
+    from emosup.trainers import pretrain
 
     if config.get("speaker_encoder"):
         try:
@@ -43,7 +44,7 @@ def validate(config):
         except checkpoint.CheckpointError as e:
             raise ValueError(f"config.speaker_encoder: {e}") from None
     else:
-        train.validate(config)
+        pretrain.validate(config_lib.speaker_stage(config))
     comparison.validate(config)
 
 
@@ -92,7 +93,10 @@ def _prepare(workdir, config):
 def _run_one(config, workdir):
     # Imported here, not at the top: the synthetic corpus's worker processes re-import this
     # module as their __main__, and should not pay for JAX and TensorFlow.
-    from emosup import comparison, study, study_report, train
+    from emosup import comparison, config_lib
+    from emosup.trainers import pretrain
+    from emosup.study import report as study_report
+    from emosup.study import run as study_run
     from emosup.data import corpus as corpus_lib
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +109,7 @@ def _run_one(config, workdir):
         logging.info("experiment: speaker encoder %s given; no speaker training", speaker_dir)
     else:
         speaker_dir = workdir / "speaker"
-        train.run(config, speaker_dir, corpus=corpus)
+        pretrain.run(config_lib.speaker_stage(config), speaker_dir, corpus=corpus)
     result = None
     if config.verification.trials:
         from emosup import verify
@@ -115,12 +119,12 @@ def _run_one(config, workdir):
         print(f"\nSpeaker verification — {pathlib.Path(config.verification.trials).name}: "
               f"EER {100 * v['eer']:.2f}% over {v['trials']} trials")
         result = v
-    if not study.study_rows(corpus.manifest, corpus.study_split)[0]:
+    if not study_run.study_rows(corpus.manifest, corpus.study_split)[0]:
         logging.info("experiment: split %r has no emotion labels; no study and no SER comparison",
                      corpus.study_split)
         return result
-    result = study.run(speaker_dir, corpus.manifest, workdir, split=corpus.study_split,
-                       k=config.study.k or None, seed=config.study.seed, corpus=corpus.name)
+    result = study_run.run(speaker_dir, corpus.manifest, workdir, split=corpus.study_split,
+                           k=config.study.k or None, seed=config.study.seed, corpus=corpus.name)
     print(f"\nClustering study — {corpus.name}, split {corpus.study_split!r} (speakers unseen in training)")
     print(study_report.format_table(result))
     print(f"\nwrote {workdir / 'study.json'}")

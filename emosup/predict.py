@@ -23,7 +23,7 @@ from absl import flags
 
 from emosup import checkpoint, errors, logs, metrics
 from emosup.data import pipeline
-from emosup.embed import Encoder, embed_paths
+from emosup.models.encoders import Encoder, embed_paths
 from emosup.models.heads import SerHead
 
 

@@ -6,8 +6,9 @@ Usage::
     python -m emosup.prepare --list
     python -m emosup.prepare CORPUS --help        # the options CORPUS accepts
 
-CORPUS is one of `CORPORA`; its reader is `emosup.data.corpora.<CORPUS>.read(root, **options)`,
-imported only when asked for (readers import neither TensorFlow nor JAX, so this is quick).
+CORPUS is one of `registry.CORPORA`; its reader is `emosup.data.corpora.<CORPUS>.read(root,
+**options)`, imported only when asked for (readers import neither TensorFlow nor JAX, so this
+is quick).
 Every keyword option of the reader is a flag: ``--seed=3``, ``--all_classes`` (a bare flag is
 True; ``--noall_classes`` / ``--all_classes=false`` is False), ``--fractions=0.8,0.1,0.1``;
 dashes may stand for underscores. Values are converted by the type of the option's default
@@ -21,12 +22,11 @@ usable utterance, 2 a usage error.
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-CORPORA = ("msp_podcast", "iemocap", "crema_d", "ravdess", "esd", "voxceleb")
+from emosup.data.corpora import registry
+
 USAGE = ("usage: python -m emosup.prepare CORPUS ROOT --out=manifest.csv [--option=value ...]\n"
          "       python -m emosup.prepare --list\n"
          "       python -m emosup.prepare CORPUS --help")
@@ -36,27 +36,6 @@ _FALSE = ("0", "false", "no", "off")
 
 class UsageError(Exception):
     """A command line that cannot be run; the message says what to change."""
-
-
-def reader_for(corpus: str) -> Callable[..., Any]:
-    """`emosup.data.corpora.<corpus>.read`, imported on demand."""
-    if corpus not in CORPORA:
-        raise UsageError(f"unknown corpus {corpus!r}; one of: {', '.join(CORPORA)}")
-    name = f"emosup.data.corpora.{corpus}"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        raise UsageError(f"the {corpus} reader ({name}) is not available in this "
-                         "installation") from None
-    return module.read
-
-
-def options_of(read: Callable[..., Any]) -> Dict[str, Any]:
-    """The reader's keyword options and their defaults, in signature order."""
-    return {p.name: p.default for p in inspect.signature(read).parameters.values()
-            if p.kind == inspect.Parameter.KEYWORD_ONLY}
 
 
 def _kind(default: Any) -> str:
@@ -166,7 +145,7 @@ def run(corpus: str, root: str, out: str, options: Dict[str, Any]) -> int:
     from emosup.data import manifest as manifest_lib
     from emosup.data.corpora import common
 
-    read = reader_for(corpus)
+    read = registry.reader_for(corpus)
     try:
         prepared = read(root, **options)
     except common.CorpusError as e:
@@ -190,17 +169,17 @@ def main(argv: Sequence[str]) -> int:
     try:
         positional, flags = parse_args(argv)
         if "list" in flags:
-            print("\n".join(CORPORA))
+            print("\n".join(registry.CORPORA))
             return 0
         wants_help = "help" in flags or "h" in flags
         if not positional:
             if wants_help:
                 print(USAGE)
-                print(f"corpora: {', '.join(CORPORA)}")
+                print(f"corpora: {', '.join(registry.CORPORA)}")
                 return 0
             raise UsageError("missing CORPUS and ROOT")
         corpus = positional[0]
-        options = options_of(reader_for(corpus))
+        options = registry.options_of(registry.reader_for(corpus))
         if wants_help:
             print(USAGE)
             print(describe_options(corpus, options))
@@ -213,7 +192,7 @@ def main(argv: Sequence[str]) -> int:
             raise UsageError("--out=manifest.csv is required")
         chosen = reader_options(corpus, options, flags)
         return run(corpus, positional[1], out, chosen)
-    except UsageError as e:
+    except (UsageError, registry.UnknownCorpusError) as e:
         print(f"emosup.prepare: {e}\n{USAGE}", file=sys.stderr)
         return 2
 

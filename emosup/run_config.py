@@ -34,11 +34,6 @@ CONFIG_JSON = "config.json"
 # what it computes.
 MAY_DIFFER = ("log_every", "checkpoint_every", "keep_checkpoints", "allow_config_change")
 
-# Sections of an experiment config that the training stages it starts do not read (the
-# experiment hands its whole config to speaker training and the pretraining arms).
-EXPERIMENT_ONLY = ("stage", "arms", "finetune", "study", "w2v2", "protocol", "verification",
-                   "speaker_encoder")
-
 # The experiment's own workdir: arms and seeds may be added on a rerun (each arm × seed has its
 # own workdir, checked on its own); everything else the arms share must stay.
 EXPERIMENT_MAY_DIFFER = ("arms.names", "arms.seeds")

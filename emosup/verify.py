@@ -21,14 +21,14 @@ from emosup import errors, logs
 
 def run(encoder_dir, trials_path, root, out=None, encoder=None):
     """{"eer", "threshold", "trials", "left_out", ...}; written to `out` (JSON) when given."""
-    from emosup import embed
     from emosup.data.corpora import voxceleb
+    from emosup.models.encoders import Encoder, embed_paths
 
     trials = voxceleb.read_trials(trials_path, root)
     paths = sorted({p for _, a, b in trials for p in (a, b)})
-    encoder = encoder or embed.Encoder(encoder_dir)
+    encoder = encoder or Encoder(encoder_dir)
     logging.info("verify: %d trials over %d files, encoder %s", len(trials), len(paths), encoder.name)
-    emb, _, valid = embed.embed_paths(encoder, paths)
+    emb, _, valid = embed_paths(encoder, paths)
     table = {p: e for p, e, ok in zip(paths, emb, valid) if ok}
     kept = [t for t in trials if t[1] in table and t[2] in table]
     if not kept or len({t[0] for t in kept}) < 2:

@@ -15,11 +15,11 @@ def synthetic_corpus_dir(tmp_path_factory):
     """The demo's tiny synthetic corpus, generated once per test session."""
     from helpers import DEMO, load_config
 
-    from emosup.data.corpora import synthetic
+    from emosup.data.synthetic import generator
 
     out = tmp_path_factory.mktemp("synthetic")
     cfg = load_config(DEMO, f"tiny=1,synthetic_dir={out}")
-    synthetic.generate(out, synthetic.SyntheticConfig(**cfg.data.synthetic.to_dict()), progress=False)
+    generator.generate(out, generator.SyntheticConfig(**cfg.data.synthetic.to_dict()), progress=False)
     return pathlib.Path(out)
 
 

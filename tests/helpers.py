@@ -25,7 +25,7 @@ def export_random_tiny_ecapa(out, seed):
 
     from emosup import checkpoint
     from emosup.models.ecapa import PRESETS
-    from emosup.models.speaker import build_encoder
+    from emosup.models.encoders import build_encoder
 
     cfg = {"encoder": "ecapa", "ecapa": dict(PRESETS["tiny"]), "features": {"n_mels": 80}, "source": "random"}
     variables = build_encoder(cfg).init(jax.random.key(seed), np.zeros((1, 101, 80), np.float32), None)

@@ -3,7 +3,7 @@
   python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES HOST:PORT OUT_JSON CORPUS_DIR ENCODER_DIR STEPS \
       OBJ[,OBJ...] [--perturb-pairs]
 
-Joins the job through emosup.distributed, trains each objective with emosup.train.run into
+Joins the job through emosup.distributed, trains each objective with emosup.pretrain.run into
 OUT_JSON's folder / <objective>, and writes OUT_JSON: for each objective the (step, row,
 utterances) that THIS process's input pipeline read. `multihost_config` is the config both
 this job and the test's 1-process reference use.
@@ -53,20 +53,21 @@ def record_reads(current):
 
 def perturb_pairs():
     """This process clusters with another seed: its pair table differs from the other hosts'."""
-    from emosup.data import pairs
+    from emosup.pairs import build
 
-    original = pairs.build_pair_table
+    original = build.build_pair_table
 
-    def build(*args, **kwargs):
+    def perturbed(*args, **kwargs):
         kwargs["seed"] = kwargs.get("seed", 0) + 1
         return original(*args, **kwargs)
 
-    pairs.build_pair_table = build
+    build.build_pair_table = perturbed
 
 
 def main(argv):
     pid, n, address, out_json, corpus_dir, encoder, steps, objectives, *options = argv
-    from emosup import distributed, logs, train
+    from emosup import distributed, logs
+    from emosup.trainers import pretrain
 
     if "--perturb-pairs" in options:
         perturb_pairs()
@@ -79,7 +80,7 @@ def main(argv):
     record_reads(current)
     for objective in objectives.split(","):
         current[0] = log = []
-        train.run(multihost_config(objective, corpus_dir, encoder, int(steps)), out_json.parent / objective)
+        pretrain.run(multihost_config(objective, corpus_dir, encoder, int(steps)), out_json.parent / objective)
         # one entry per (step, row) read
         reads[objective] = sorted({(s, r): u for s, r, u in log}.items())
     out_json.write_text(json.dumps({"process": int(pid), "reads": reads}))

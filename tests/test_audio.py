@@ -16,7 +16,7 @@ from speechbrain.processing.features import InputNormalization
 from emosup import audio as A
 from emosup.audio import AudioError
 
-DB_TOL = 1e-3  # the bar: max |diff| in dB against SpeechBrain
+DB_TOL = 1e-3  # max |diff| in dB allowed against SpeechBrain's Fbank
 # Mel bins far below their frame's peak carry float32 STFT round-off of ~1e-3 dB in
 # SpeechBrain itself (exact float64 maths differs from it by up to ~3e-3 dB there, see
 # test_fbank_extreme_dynamic_range), so the 1e-3 bar applies within NEAR_DB of the peak and

@@ -1,8 +1,8 @@
 """Bad inputs stop with a clear error that names the input and the fix.
 
 Each bad input goes through the entry point a user hits (audio loading and the training
-pipeline's scan, the converter CLI, `embed.Encoder`, `predict`, the wav2vec2 arms' init,
-`train.run` / `finetune.run` / `experiment.run` and the configs' `get_config`), and each
+pipeline's scan, the converter CLI, `encoders.Encoder`, `predict`, the wav2vec2 arms' init,
+`pretrain.run` / `ser.run` / `experiment.run` and the configs' `get_config`), and each
 test asserts the error type and a message naming the input (file, folder or config field
 with its value) and what is expected instead. Grouped by input:
 
@@ -29,8 +29,10 @@ import numpy as np
 import pytest
 from helpers import DEMO, REPO, export_random_tiny_ecapa, load_config, write_wav
 
-from emosup import audio, checkpoint, embed, experiment, finetune, finetune_w2v2, predict, train
+from emosup import audio, checkpoint, config_lib, experiment, predict
 from emosup.data import pipeline
+from emosup.models import encoders
+from emosup.trainers import pretrain, ser_ecapa, ser_w2v2
 
 CONFIGS = REPO / "configs"
 
@@ -108,7 +110,7 @@ def test_hf_folder_at_another_sampling_rate_is_refused_by_the_converter(tmp_path
 
     from emosup.convert.__main__ import main as convert_main
     from emosup.convert.hf_wav2vec2 import load_hf_wav2vec2
-    from emosup.convert.torch_state import ConversionError
+    from emosup.errors import ConversionError
 
     src = tmp_path / "hf8k"
     shutil.copytree(w2v2_dirs["hf32"], src)
@@ -133,13 +135,13 @@ def test_converted_folder_at_another_sampling_rate_is_refused_where_it_is_used(t
     (folder / "model.json").write_text(json.dumps(model_json))
     with pytest.raises(ValueError, match=rf"^{_e(folder / 'model.json')}: features.sampling_rate=8000, "
                                          r"but audio is read at 16000 Hz"):
-        embed.Encoder(folder)
+        encoders.Encoder(folder)
     cfg = _w2v2_arm_config(init=str(folder))
     with pytest.raises(ValueError, match=rf"^config.w2v2.init={_e(folder)}: model.json says "
                                          r"features.sampling_rate=8000, but audio is read at 16000 Hz: "
                                          r"give a wav2vec2 converted from a checkpoint trained on 16 kHz "
                                          r"speech$"):
-        finetune_w2v2.validate(cfg)
+        ser_w2v2.validate(cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ ENCODER_FOLDERS = {  # how the folder is broken -> (error type, message; {d} is 
 
 @pytest.mark.parametrize("breakage", list(ENCODER_FOLDERS), ids=lambda f: f.__name__[1:])
 def test_broken_encoder_folder_is_named_with_the_fix(tmp_path, ecapa_dir, breakage):
-    """`embed.Encoder` (embed, study, verify, pair tables) and `checkpoint.load_encoder_variables`
+    """`encoders.Encoder` (embed, study, verify, pair tables) and `checkpoint.load_encoder_variables`
     (fine-tuning's init=) on a folder that cannot hold an encoder. Before: a JSONDecodeError
     or Orbax's `TypeError: 'NoneType' object is not iterable` without the folder, or a
     message without the fix."""
@@ -230,7 +232,7 @@ def test_broken_encoder_folder_is_named_with_the_fix(tmp_path, ecapa_dir, breaka
     folder = breakage(d)
     error, msg = ENCODER_FOLDERS[breakage]
     with pytest.raises(error, match=msg.format(d=_e(d))):
-        embed.Encoder(folder)
+        encoders.Encoder(folder)
     if breakage is not _unknown_encoder:  # the folder is fine as a checkpoint
         with pytest.raises(error, match=msg.format(d=_e(d))):
             checkpoint.load_encoder_variables(folder)
@@ -277,13 +279,11 @@ def test_predict_cli_prints_the_error_without_a_traceback(tmp_path, ecapa_dir):
 
 def _w2v2_arm_config(**w2v2):
     """The fine-tuning config of a wav2vec2 arm, as the comparison builds it (tiny demo)."""
-    from emosup import comparison
-
     c = load_config(DEMO, "tiny=1,seeds=1,arms=w2v2")
     c.unlock()
     c.w2v2.update(w2v2)
     c.lock()
-    return comparison._w2v2_config(c, 0, "unused")
+    return config_lib.w2v2_stage(c, 0, "unused")
 
 
 def _demo(arg="tiny=1,seeds=1", **fields):
@@ -317,7 +317,7 @@ def test_w2v2_init_of_an_unconverted_hf_folder(tmp_path, w2v2_dirs):
     with pytest.raises(ValueError, match=rf"^config.w2v2.init={_e(hf)}: a HuggingFace folder, not yet "
                                          r"converted: convert an HF checkpoint with `python -m "
                                          r"emosup.convert wav2vec2"):
-        finetune_w2v2.run(_w2v2_arm_config(init=str(hf)), tmp_path / "ft", None, "w2v2")
+        ser_w2v2.run(_w2v2_arm_config(init=str(hf)), tmp_path / "ft", None, "w2v2")
 
 
 def test_w2v2_init_whose_variables_have_another_shape(tmp_path, w2v2_dirs):
@@ -333,7 +333,7 @@ def test_w2v2_init_whose_variables_have_another_shape(tmp_path, w2v2_dirs):
                                          r"\(32,\);.* The folder mixes two models: convert the HF "
                                          r"checkpoint again into an empty OUT_DIR \(`python -m "
                                          r"emosup.convert wav2vec2 SRC_DIR OUT_DIR`\)$"):
-        finetune_w2v2.run(_w2v2_arm_config(init=str(mixed)), tmp_path / "ft", None, "w2v2_contrastive")
+        ser_w2v2.run(_w2v2_arm_config(init=str(mixed)), tmp_path / "ft", None, "w2v2_contrastive")
     assert not (tmp_path / "ft").exists()  # stopped before the pair table and the workdir
 
 
@@ -342,8 +342,8 @@ def test_w2v2_init_of_another_hidden_size_than_w2v2_model_is_its_own(w2v2_dirs):
     model.json gives the architecture (config.w2v2.model only shapes a random start)."""
     cfg = _w2v2_arm_config(init=str(w2v2_dirs[48]))
     assert cfg.w2v2.model.hidden_size == 32
-    finetune_w2v2.validate(cfg)
-    w2v2_cfg, _, source, params = finetune_w2v2._w2v2_init(cfg.w2v2)
+    ser_w2v2.validate(cfg)
+    w2v2_cfg, _, source, params = ser_w2v2._w2v2_init(cfg.w2v2)
     assert w2v2_cfg.hidden_size == 48 and source == "huggingface:hf48"
     assert params["encoder"]["layers"]["0"]["attention"]["q_proj"]["kernel"].shape == (48, 48)
 
@@ -365,7 +365,7 @@ def test_embedding_skips_utterances_too_short_for_ecapa_naming_them(tmp_path, ec
     paths = [str(write_wav(tmp_path / f"n{n}.wav", 0.1 * np.random.default_rng(n).standard_normal(n)))
              for n in SHORT]
     log = pipeline.SkipLog()
-    emb, stats, valid = embed.embed_paths(embed.Encoder(ecapa_dir), paths, skip_log=log, progress=False)
+    emb, stats, valid = encoders.embed_paths(encoders.Encoder(ecapa_dir), paths, skip_log=log, progress=False)
     assert valid.tolist() == [n >= 640 for n in SHORT]
     assert np.isfinite(emb[valid]).all() and np.isfinite(stats[valid]).all()
     assert np.isnan(emb[~valid]).all()
@@ -405,14 +405,14 @@ def test_training_skips_utterances_of_one_or_two_frames_naming_them(tmp_path, st
         cfg = load_config(CONFIGS / "speaker.py", f"manifest={tmp_path / 'm.csv'},steps=2,batch_size=8")
         cfg.unlock()
         cfg.data.crop_seconds, cfg.log_every = 0.5, 1
-        result = train.run(cfg, tmp_path / "run")
+        result = pretrain.run(cfg, tmp_path / "run")
         assert all(np.isfinite(h["loss"]) for h in result["history"])
     else:  # one of the two train speakers is held out for dev: the other's rows are trained on
         cfg = load_config(CONFIGS / "finetune.py", f"manifest={tmp_path / 'm.csv'},steps=2,batch_size=8,"
                                                    "labels_per_class=0")
         cfg.unlock()
         cfg.data.crop_seconds, cfg.eval_every, cfg.ser.dev_fraction = 0.5, 2, 0.5
-        result = finetune.run(cfg, tmp_path / "run")
+        result = ser_ecapa.run(cfg, tmp_path / "run")
     assert drawn and min(drawn) >= 640, "a too-short utterance was drawn for training"
     skipped = {p: r for p, r in result["skipped"].items() if p in short}
     assert len(skipped) == (4 if stage == "pretrain" else 2), skipped
@@ -429,10 +429,10 @@ def test_training_skips_utterances_of_one_or_two_frames_naming_them(tmp_path, st
 def test_objective(tmp_path):
     with pytest.raises(ValueError, match=r"^config.objective='contrastiv': expected one of \('speaker', "
                                          r"'contrastive', 'multitask', 'adversarial'\)"):
-        train.run(load_config(CONFIGS / "pretrain.py", "objective=contrastiv"), tmp_path)
+        pretrain.run(load_config(CONFIGS / "pretrain.py", "objective=contrastiv"), tmp_path)
     cfg = load_config(CONFIGS / "iemocap.py", "root=/data/iemocap,stage=pretrain,objective=mt")
     with pytest.raises(ValueError, match=r"^config.objective='mt': expected one of"):
-        train.run(cfg, tmp_path)
+        pretrain.run(cfg, tmp_path)
     # Given to another stage, it was silently ignored.
     with pytest.raises(ValueError, match=r"^config argument objective='multitask' applies to "
                                          r"stage=pretrain only, but this is stage=experiment: add "
@@ -480,7 +480,7 @@ def test_refresh_every(tmp_path):
     cfg.pairs.refresh_every = -1
     with pytest.raises(ValueError, match=r"^config.pairs.refresh_every=-1: must be an integer >= 0 "
                                          r"\(0 = pairs fixed from config.pairs.encoder\)"):
-        train.run(cfg, tmp_path)
+        pretrain.run(cfg, tmp_path)
     with pytest.raises(ValueError, match=r"^config.pairs.refresh_every=-2: must be an integer >= 0"):
         experiment.run(_demo(**{"pairs.refresh_every": -2}), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before the corpus and the speaker encoder
@@ -496,12 +496,12 @@ def test_crop_seconds(tmp_path, crop):
     cfg.unlock()
     cfg.data.crop_seconds = crop
     with pytest.raises(ValueError, match=r"^config\.data\.crop_seconds" + msg):
-        train.run(cfg, tmp_path / "spk")
+        pretrain.run(cfg, tmp_path / "spk")
     cfg = load_config(CONFIGS / "finetune.py")
     cfg.unlock()
     cfg.data.crop_seconds = crop
     with pytest.raises(ValueError, match=r"^config\.data\.crop_seconds" + msg):
-        finetune.run(cfg, tmp_path / "ft")
+        ser_ecapa.run(cfg, tmp_path / "ft")
     for field in ("data.crop_seconds", "arms.pretrain_crop_seconds", "finetune.data.crop_seconds"):
         with pytest.raises(ValueError, match=rf"^config\.{re.escape(field)}" + msg):
             experiment.run(_demo("tiny=1,seeds=1,arms=all+w2v2s", **{field: crop}), tmp_path / "run")
@@ -571,13 +571,13 @@ def test_root(tmp_path):
 def test_ser_target(tmp_path):
     msg = r"ser.target='categorial': expected one of \('categorical', 'dimensional', 'both'\)"
     with pytest.raises(ValueError, match=r"^config\." + msg):
-        finetune.run(load_config(CONFIGS / "finetune.py", "target=categorial"), tmp_path / "ft")
+        ser_ecapa.run(load_config(CONFIGS / "finetune.py", "target=categorial"), tmp_path / "ft")
     # The wav2vec2 arms had no check: no class and no dimension head, trained anyway.
     cfg = _w2v2_arm_config()
     cfg.unlock()
     cfg.ser.target = "categorial"
     with pytest.raises(ValueError, match=r"^config\." + msg):
-        finetune_w2v2.run(cfg, tmp_path / "w2v2", None, "w2v2")
+        ser_w2v2.run(cfg, tmp_path / "w2v2", None, "w2v2")
     # In the experiment it was found after the speaker encoder and the study.
     with pytest.raises(ValueError, match=r"^config\.finetune\." + msg):
         experiment.run(_demo(**{"finetune.ser.target": "categorial"}), tmp_path / "run")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emosup import bench
+from emosup.bench import common, ecapa, embed, fbank, reference
 
 
 def _compiled_matmul(m, k, n, dtype=jnp.float32):
@@ -16,24 +16,24 @@ def _compiled_matmul(m, k, n, dtype=jnp.float32):
 
 @pytest.mark.parametrize("m,k,n", [(64, 32, 16), (7, 300, 5)])
 def test_compiled_flops_of_a_matmul_is_2mnk(m, k, n):
-    assert bench._compiled_flops(_compiled_matmul(m, k, n)) == 2 * m * n * k
+    assert common.compiled_flops(_compiled_matmul(m, k, n)) == 2 * m * n * k
 
 
 def test_mfu_uses_the_device_peak_table():
     compiled = _compiled_matmul(128, 64, 32)
     flops = 2 * 128 * 64 * 32
-    assert bench._mfu(compiled, 1e-3, device_kind="NVIDIA H100 80GB HBM3") == pytest.approx(
+    assert common.mfu(compiled, 1e-3, device_kind="NVIDIA H100 80GB HBM3") == pytest.approx(
         flops / 1e-3 / 989e12)
-    assert bench._mfu(compiled, 1e-3, device_kind="NVIDIA H100 PCIe") == pytest.approx(
+    assert common.mfu(compiled, 1e-3, device_kind="NVIDIA H100 PCIe") == pytest.approx(
         flops / 1e-3 / 756e12)
-    assert bench._mfu(compiled, 2e-3, device_kind="NVIDIA H200") == pytest.approx(
+    assert common.mfu(compiled, 2e-3, device_kind="NVIDIA H200") == pytest.approx(
         flops / 2e-3 / 989e12)
-    assert bench._mfu(compiled, 1e-3, device_kind="NVIDIA A100-SXM4-80GB") == pytest.approx(
+    assert common.mfu(compiled, 1e-3, device_kind="NVIDIA A100-SXM4-80GB") == pytest.approx(
         flops / 1e-3 / 312e12)
     # Unknown devices (this CPU included) and unusable timings give no MFU.
-    assert bench._mfu(compiled, 1e-3, device_kind="NVIDIA GeForce GTX 1080") is None
-    assert bench._mfu(compiled, 1e-3) is None  # jax.devices()[0] is a CPU here
-    assert bench._mfu(compiled, 0.0, device_kind="NVIDIA H100 80GB HBM3") is None
+    assert common.mfu(compiled, 1e-3, device_kind="NVIDIA GeForce GTX 1080") is None
+    assert common.mfu(compiled, 1e-3) is None  # jax.devices()[0] is a CPU here
+    assert common.mfu(compiled, 0.0, device_kind="NVIDIA H100 80GB HBM3") is None
 
 
 def test_compiled_flops_without_a_cost_analysis_is_none():
@@ -49,10 +49,10 @@ def test_compiled_flops_without_a_cost_analysis_is_none():
         def cost_analysis(self):
             return [{"flops": 12.0}]
 
-    assert bench._compiled_flops(NoCost()) is None
-    assert bench._compiled_flops(Empty()) is None
-    assert bench._compiled_flops(Listed()) == 12.0
-    assert bench._mfu(NoCost(), 1.0, device_kind="NVIDIA H100 80GB HBM3") is None
+    assert common.compiled_flops(NoCost()) is None
+    assert common.compiled_flops(Empty()) is None
+    assert common.compiled_flops(Listed()) == 12.0
+    assert common.mfu(NoCost(), 1.0, device_kind="NVIDIA H100 80GB HBM3") is None
 
 
 def _check_paired(row, reference):
@@ -67,28 +67,28 @@ def _check_paired(row, reference):
 
 def test_ratio_and_target_from_hand_computed_times(capsys):
     # Three rounds: emosup 10, 12, 8 ms; reference 25, 24, 30 ms.
-    row = bench._paired_row("r", [0.010, 0.012, 0.008], [0.025, 0.024, 0.030], reference="ref")
+    row = common.paired_row("r", [0.010, 0.012, 0.008], [0.025, 0.024, 0.030], reference="ref")
     assert row["emosup_s"] == 0.010 and row["reference_s"] == 0.025  # medians
     assert row["emosup_spread_s"] == [0.008, 0.012] and row["reference_spread_s"] == [0.024, 0.030]
     # Per-round ratios 25/10 = 2.5, 24/12 = 2.0, 30/8 = 3.75; the quartiles of three values
     # (statistics.quantiles, exclusive) are the lowest and the highest.
     assert row["ratio_quartiles"] == pytest.approx([2.0, 3.75])
     assert row["ratio_best"] == pytest.approx(3.0)  # fastest reference 24 / fastest emosup 8
-    bench._set_target(row, 3.0, "ref")
+    common.set_target(row, 3.0, "ref")
     assert row["target"] == ">= 3x ref" and row["meets_target"] is False  # 2.5x < 3x
-    bench._print_row(row)
-    bench._print_spread(row)
+    common.print_row(row)
+    common.print_spread(row)
     assert row["ratio"] == pytest.approx(2.5)  # 25 ms / 10 ms: > 1 means emosup is faster
     out = capsys.readouterr().out
     assert " 2.50x" in out and "per-round ratio quartiles 2.00-3.75x, best-of ratio 3.00x" in out
     assert "target >= 3x ref: NOT MET" in out
-    bench._set_target(row, 2.0, "ref")
+    common.set_target(row, 2.0, "ref")
     assert row["target"] == ">= 2x ref" and row["meets_target"] is True
-    bench._set_target(row, 2.5, "ref")  # exactly at the target: met
+    common.set_target(row, 2.5, "ref")  # exactly at the target: met
     assert row["meets_target"] is True
-    slower = bench._paired_row("r", [0.025], [0.010], reference="ref")  # emosup slower
-    bench._set_target(slower, 1.5, "ref")
-    bench._print_row(slower)
+    slower = common.paired_row("r", [0.025], [0.010], reference="ref")  # emosup slower
+    common.set_target(slower, 1.5, "ref")
+    common.print_row(slower)
     assert slower["ratio"] == pytest.approx(0.4) and slower["meets_target"] is False
     assert slower["ratio_quartiles"] == pytest.approx([0.4, 0.4])  # one round
 
@@ -109,18 +109,18 @@ def test_fbank_and_ecapa_rows_take_their_targets_from_the_times(monkeypatch):
         assert set(t) == set(fns)  # every function the group times gets its planned times
         return t
 
-    monkeypatch.setattr(bench, "_interleaved_times", times)
-    sb_fbank, librosa = bench.bench_fbank(batch=1, seconds=0.1, repeats=2)
+    monkeypatch.setattr(common, "interleaved_times", times)
+    sb_fbank, librosa = fbank.bench_fbank(batch=1, seconds=0.1, repeats=2)
     assert sb_fbank["ratio"] == pytest.approx(2.5) and sb_fbank["meets_target"] is False
     assert sb_fbank["target"].startswith(">= 3x SpeechBrain Fbank")
     assert librosa["ratio"] == pytest.approx(5.0) and "target" not in librosa
-    sb_fbank, _ = bench.bench_fbank(batch=1, seconds=0.1, repeats=2)
+    sb_fbank, _ = fbank.bench_fbank(batch=1, seconds=0.1, repeats=2)
     assert sb_fbank["ratio"] == pytest.approx(4.0) and sb_fbank["meets_target"] is True
 
     # The train steps themselves are not built: only the rows' arithmetic is under test.
-    monkeypatch.setattr(bench, "_jax_ecapa_step", lambda *a, **k: (lambda: None, 1.0, None))
-    monkeypatch.setattr(bench, "_torch_ecapa_step", lambda *a, **k: (lambda: None))
-    tiny, c512, c1024 = bench.bench_ecapa(["tiny", "c512", "c1024"], batch=8, seconds=0.1, repeats=2)
+    monkeypatch.setattr(ecapa, "_jax_ecapa_step", lambda *a, **k: (lambda: None, 1.0, None))
+    monkeypatch.setattr(ecapa, "_torch_ecapa_step", lambda *a, **k: (lambda: None))
+    tiny, c512, c1024 = ecapa.bench_ecapa(["tiny", "c512", "c1024"], batch=8, seconds=0.1, repeats=2)
     assert tiny["ratio"] == pytest.approx(3.0) and "target" not in tiny
     assert c512["ratio"] == pytest.approx(1.4) and c512["meets_target"] is False
     assert c1024["ratio"] == pytest.approx(1.6) and c1024["meets_target"] is True
@@ -130,7 +130,7 @@ def test_fbank_and_ecapa_rows_take_their_targets_from_the_times(monkeypatch):
 
 
 def test_bench_fbank_rows(one_torch_thread):
-    rows = bench.bench_fbank(batch=2, seconds=0.5, repeats=2)
+    rows = fbank.bench_fbank(batch=2, seconds=0.5, repeats=2)
     assert [r["reference"].split(" ")[0] for r in rows] == ["SpeechBrain", "librosa"]
     assert all(r["name"] == "Fbank 80 mels B=2 0.5s" for r in rows)
     for r, ref in zip(rows, ("SpeechBrain Fbank", "librosa")):
@@ -147,20 +147,20 @@ def one_torch_thread(monkeypatch):
     import torch
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(bench.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 1)
     yield
     torch.set_num_threads(before)
 
 
 def test_bench_ecapa_row_has_target_for_c512_and_c1024_only(one_torch_thread):
     # conftest gives 8 CPU devices: the batch is sharded over them, so B = 8.
-    rows = bench.bench_ecapa(["tiny"], batch=8, seconds=0.25, repeats=2)
+    rows = ecapa.bench_ecapa(["tiny"], batch=8, seconds=0.25, repeats=2)
     (row,) = rows
     assert row["name"] == "ECAPA train step [tiny] B=8 0.25s"
     _check_paired(row, "SpeechBrain ECAPA_TDNN (PyTorch, cpu)")
     assert row["compile_s"] > 0
     assert "target" not in row and "mfu" not in row  # tiny has no target; no GPU here
-    assert set(bench.ECAPA_TARGETS) == {"c512", "c1024"}
+    assert set(ecapa.ECAPA_TARGETS) == {"c512", "c1024"}
 
 
 def test_bfloat16_ecapa_step_runs_and_counts_flops():
@@ -168,15 +168,15 @@ def test_bfloat16_ecapa_step_runs_and_counts_flops():
     dtype=bfloat16, its loss is finite and XLA counts its FLOPs, so the row's MFU is defined
     wherever the device's peak is known."""
     b, n = 8, 4000
-    wavs = bench._speechlike(b, n)
+    wavs = common.speechlike(b, n)
     labels = np.arange(b, dtype=np.int32) % 4
-    run, compile_s, compiled = bench._jax_ecapa_step("tiny", wavs, labels, 4, jnp.bfloat16)
+    run, compile_s, compiled = ecapa._jax_ecapa_step("tiny", wavs, labels, 4, jnp.bfloat16)
     assert compile_s > 0
     metrics = run()
     assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
-    flops = bench._compiled_flops(compiled)
+    flops = common.compiled_flops(compiled)
     assert flops is not None and flops > 1e7  # per device: the batch is sharded over 8
-    assert bench._mfu(compiled, 1.0, device_kind="NVIDIA H100 80GB HBM3") == pytest.approx(
+    assert common.mfu(compiled, 1.0, device_kind="NVIDIA H100 80GB HBM3") == pytest.approx(
         flops / 989e12)
     text = compiled.as_text()
     assert "bf16" in text  # the convolutions really run in bfloat16
@@ -206,27 +206,18 @@ def test_bench_embed_row(one_torch_thread, tmp_path):
     """The embedding row on the tiny preset: both sides embed the files (the reference puts each
     embedding back in file order), the row is paired and has the 2x target."""
     import torch
-    from speechbrain.inference.classifiers import EncoderClassifier
-    from speechbrain.lobes.features import Fbank
-    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
-    from speechbrain.processing.features import InputNormalization
 
-    paths = bench._write_wavs(str(tmp_path), 3, lo=0.5, hi=1.5)
+    paths = common.write_wavs(str(tmp_path), 3, lo=0.5, hi=1.5)
     torch.manual_seed(0)
-    clf = EncoderClassifier(modules={
-        "compute_features": Fbank(n_mels=80),
-        "mean_var_norm": InputNormalization(norm_type="sentence", std_norm=False),
-        "embedding_model": ECAPA_TDNN(input_size=80, channels=[32, 32, 32, 32, 96], lin_neurons=16),
-        "classifier": Classifier(input_size=16, out_neurons=2)}, hparams={})
-    clf.mods.eval()
-    batched = bench._speechbrain_embed(paths, clf, batch=1)
+    clf = reference.encoder_classifier(channels=[32, 32, 32, 32, 96], lin_neurons=16)
+    batched = embed._speechbrain_embed(paths, clf, batch=1)
     import soundfile as sf
 
     for p, e in zip(paths, batched):
         with torch.no_grad():
             one = clf.encode_batch(torch.from_numpy(sf.read(p, dtype="float32")[0])[None]).reshape(-1).numpy()
         np.testing.assert_array_equal(e, one)
-    (row,) = bench.bench_embed("tiny", n_files=3, batch=1, repeats=2)
+    (row,) = embed.bench_embed("tiny", n_files=3, batch=1, repeats=2)
     assert row["name"] == "embed tiny, 3 files of 1-8 s" and row["files"] == 3
     _check_paired(row, "SpeechBrain encode_batch (torch")
     assert row["target"] == ">= 2x SpeechBrain" and isinstance(row["meets_target"], bool)

@@ -2,12 +2,12 @@
 no assertion is about speed: only the row structure and its internal consistency)."""
 import pytest
 
-from emosup import bench
+from emosup.bench import pipeline, w2v2
 
 
 def test_bench_wav2vec2_rows(monkeypatch):
-    monkeypatch.setattr(bench, "W2V2_ROWS", (("tiny", bench.W2V2_TINY, 1, 0.5, 2),))
-    rows = bench.bench_wav2vec2()
+    monkeypatch.setattr(w2v2, "W2V2_ROWS", (("tiny", w2v2.W2V2_TINY, 1, 0.5, 2),))
+    rows = w2v2.bench_wav2vec2()
     assert [r["name"] for r in rows] == ["wav2vec2 forward [tiny] B=1 0.5s",
                                          "wav2vec2 forward+backward [tiny] B=1 0.5s"]  # no bf16 on CPU
     for r in rows:
@@ -33,9 +33,9 @@ def test_bench_pipeline_rows(monkeypatch):
         seen.append((objective, preset, {k: v.shape for k, v in batch.items()}, n_spk))
         return [0.5, 0.7, 0.6][:repeats], 1.0
 
-    monkeypatch.setattr(bench, "_train_step_times", fake_step_times)
+    monkeypatch.setattr(pipeline, "_train_step_times", fake_step_times)
     # 40 files, 4 speakers: enough utterances per speaker for a k=2 pair table.
-    rows = bench.bench_pipeline(["tiny", "c512"], quick=True, n_files=40, n_speakers=4,
+    rows = pipeline.bench_pipeline(["tiny", "c512"], quick=True, n_files=40, n_speakers=4,
                                 sizes={"speaker": (0.5, 16), "contrastive": (0.25, 8)})
     assert seen == [
         ("speaker", p, {"audio": (16, 8000), "lengths": (16,), "labels": (16,), "weights": (16,)}, 4)

@@ -1,6 +1,6 @@
 """Calibration: the expected calibration error on hand-computed cases, temperature scaling on
 synthetic logits (an overconfident model is softened back, a calibrated one left alone), the
-fine-tuning summary (`finetune.calibrate`), and `predict` applying the stored temperature."""
+fine-tuning summary (`ser.calibrate`), and `predict` applying the stored temperature."""
 import json
 import subprocess
 import sys
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from helpers import REPO, write_wav
 
-from emosup import checkpoint, finetune, metrics, predict
-from emosup.embed import embed_paths
+from emosup import checkpoint, metrics, predict
 from emosup.models.ecapa import PRESETS
+from emosup.models.encoders import build_encoder, embed_paths
 from emosup.models.heads import SerHead
-from emosup.models.speaker import build_encoder
+from emosup.trainers import ser
 
 
 def _probs(conf, label, pred, c=2):
@@ -130,7 +130,7 @@ def _scored(logits, labels):
 def test_calibrate_fits_on_dev_and_reports_ece_on_dev_and_test():
     logits, y = _calibrated(4, n=2000)
     dev, test = _scored(logits[:1000] * 10, y[:1000]), _scored(logits[1000:] * 10, y[1000:])
-    out = finetune.calibrate(dev, test, "categorical")
+    out = ser.calibrate(dev, test, "categorical")
     assert out["fitted_on"] == "dev" and "reason" not in out and out["ece_bins"] == 15
     assert out["temperature"] == metrics.fit_temperature(dev["logits"], dev["labels"])
     assert out["temperature"] == pytest.approx(10.0, rel=0.15)
@@ -145,12 +145,12 @@ def test_calibrate_fits_on_dev_and_reports_ece_on_dev_and_test():
 
 def test_calibrate_with_too_few_dev_rows_keeps_t_1_and_says_why():
     logits, y = _calibrated(5, n=100)
-    out = finetune.calibrate(_scored(logits[:9] * 10, y[:9]), _scored(logits * 10, y), "both")
+    out = ser.calibrate(_scored(logits[:9] * 10, y[:9]), _scored(logits * 10, y), "both")
     assert out["temperature"] == 1.0 and out["fitted_on"] is None
     assert "dev has 9 scored utterance(s)" in out["reason"]
     assert out["test"]["ece"] == out["test"]["ece_calibrated"]
-    assert finetune.calibrate(None, _scored(logits, y), "categorical")["temperature"] == 1.0
-    dimensional = finetune.calibrate(None, {}, "dimensional")
+    assert ser.calibrate(None, _scored(logits, y), "categorical")["temperature"] == 1.0
+    dimensional = ser.calibrate(None, {}, "dimensional")
     assert dimensional["temperature"] is None and "dimensional" in dimensional["reason"]
 
 

@@ -5,7 +5,8 @@ import sys
 import pytest
 from helpers import DEMO, REPO, load_config
 
-from emosup import config_lib, train
+from emosup import config_lib
+from emosup.trainers import pretrain
 
 
 def test_unknown_config_argument_is_named():
@@ -29,14 +30,14 @@ def test_bad_values_are_named(tmp_path):
     cfg.unlock()
     cfg.model.preset = "huge"
     with pytest.raises(ValueError, match=r"config.model.preset='huge'"):
-        train.run(cfg, tmp_path)
+        pretrain.run(cfg, tmp_path)
     cfg = load_config(DEMO, "tiny=1")
     cfg.unlock()
     cfg.optim.schedule = "linear"
     with pytest.raises(ValueError, match=r"config.optim.schedule='linear'"):
-        train.run(cfg, tmp_path / "w")
+        pretrain.run(cfg, tmp_path / "w")
     cfg = load_config(DEMO, "tiny=1")
     cfg.unlock()
     cfg.batch_size = 0
     with pytest.raises(ValueError, match=r"config.batch_size=0"):
-        train.run(cfg, tmp_path / "w")
+        pretrain.run(cfg, tmp_path / "w")

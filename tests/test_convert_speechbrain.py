@@ -14,7 +14,8 @@ from emosup.convert.speechbrain_ecapa import (
     load_speechbrain_ecapa,
     read_hyperparams,
 )
-from emosup.convert.torch_state import ConversionError, load_torch_state
+from emosup.convert.torch_state import load_torch_state
+from emosup.errors import ConversionError
 from emosup.models.ecapa import PRESETS
 
 CHANNELS = [16, 16, 16, 16, 48]

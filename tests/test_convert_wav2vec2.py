@@ -17,7 +17,7 @@ from test_wav2vec2 import LAYER, batch, make_hf, rel_err
 
 from emosup.convert.__main__ import main as convert_main
 from emosup.convert.hf_wav2vec2 import hf_key, load_hf_wav2vec2, param_shapes
-from emosup.convert.torch_state import ConversionError
+from emosup.errors import ConversionError
 from emosup.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
 POS = "encoder.pos_conv_embed.conv."

@@ -86,8 +86,9 @@ def make_voxceleb_from(synthetic_dir, root, trial_speakers=3):
 
 
 def test_voxceleb_speaker_training_and_eer(tmp_path, synthetic_corpus_dir, capsys):
-    from emosup import embed, metrics
+    from emosup import metrics
     from emosup.data.corpora import voxceleb
+    from emosup.models import encoders
 
     root, held, n_trials = make_voxceleb_from(synthetic_corpus_dir, tmp_path / "vox1")
     trials = root / "veri_test2.txt"
@@ -100,7 +101,7 @@ def test_voxceleb_speaker_training_and_eer(tmp_path, synthetic_corpus_dir, capsy
     # The same EER from the encoder's embeddings scored here by hand (cosine, metrics.eer).
     parsed = voxceleb.read_trials(trials, root)
     paths = sorted({p for _, a, b in parsed for p in (a, b)})
-    emb, _, _ = embed.embed_paths(embed.Encoder(tmp_path / "run" / "speaker"), paths, progress=False)
+    emb, _, _ = encoders.embed_paths(encoders.Encoder(tmp_path / "run" / "speaker"), paths, progress=False)
     e = {p: x / np.linalg.norm(x) for p, x in zip(paths, emb)}
     scores = np.array([e[a] @ e[b] for _, a, b in parsed])
     eer, _ = metrics.eer(scores, np.array([t[0] for t in parsed]))
@@ -110,7 +111,7 @@ def test_voxceleb_speaker_training_and_eer(tmp_path, synthetic_corpus_dir, capsy
 
 
 def test_msp_unknown_speakers_stay_out_of_speaker_training(tmp_path, synthetic_corpus_dir):
-    from emosup import train
+    from emosup.trainers import pretrain
 
     m = manifest_lib.read_manifest(synthetic_corpus_dir / "manifest.csv", allowed_splits=None)
     root = tmp_path / "MSP-PODCAST-Publish-1.12"
@@ -125,7 +126,7 @@ def test_msp_unknown_speakers_stay_out_of_speaker_training(tmp_path, synthetic_c
     (root / "Labels").mkdir()
     (root / "Labels" / "labels_consensus.csv").write_text("\n".join(lines) + "\n")
     cfg = load_config(REPO / "configs" / "msp_podcast.py", f"root={root},tiny=1,stage=speaker,steps=2")
-    train.run(cfg, tmp_path / "spk")
+    pretrain.run(cfg, tmp_path / "spk")
     speakers = json.loads((tmp_path / "spk" / "model.json").read_text())["speakers"]
     assert speakers == ["1", "2", "3"]  # unknown_0103 and unknown_0104 are not speakers
     rows = manifest_lib.read_manifest(tmp_path / "spk" / "manifest.csv", allowed_splits=None)

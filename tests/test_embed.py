@@ -12,7 +12,7 @@ from speechbrain.processing.features import InputNormalization
 from test_ecapa import TINY, make_speechbrain_dir
 
 from emosup import checkpoint
-from emosup.embed import Encoder, embed_paths
+from emosup.models.encoders import Encoder, embed_paths
 
 
 def _sb_embed(sb, wav):

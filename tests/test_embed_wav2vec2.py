@@ -19,7 +19,7 @@ from test_wav2vec2 import LAYER, make_hf
 from emosup import checkpoint
 from emosup.convert.hf_wav2vec2 import load_hf_wav2vec2
 from emosup.data.pipeline import SkipLog
-from emosup.embed import Encoder, embed_paths
+from emosup.models.encoders import Encoder, embed_paths
 
 # The layer family's front end is large-lv60's; the group family's skips the normalisation
 # (wav2vec2-base normalises too) so that both settings are tested. The base family's conv-0

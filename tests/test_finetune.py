@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from helpers import export_random_tiny_ecapa, tiny_finetune_config
 
-from emosup import checkpoint, config_lib, finetune, metrics
+from emosup import checkpoint, config_lib, metrics
 from emosup.data.corpus import Corpus
 from emosup.data.manifest import Manifest, Utterance
+from emosup.trainers import ser, ser_ecapa
 
 
 def _corpus(rows):
@@ -31,44 +32,44 @@ def _rows(speakers, emotions, n, split):
 
 def test_roles_dev_speakers_are_held_out_and_labels_per_class():
     c = _corpus(_rows(["a", "b", "c", "d"], ["happy", "sad"], 3, "train") + _rows(["t"], ["happy", "sad"], 2, "test"))
-    train_rows, dev, test, classes = finetune._split_rows(_cfg(), c)
+    train_rows, dev, test, classes = ser.split_rows(_cfg(), c)
     assert classes == ["happy", "sad"]
     assert [u.emotion for u in train_rows].count("happy") == 2 and len(train_rows) == 4
     dev_spk = {u.speaker for u in dev}
     assert len(dev_spk) == 1 and not dev_spk & {u.speaker for u in train_rows}
     assert {u.speaker for u in test} == {"t"}
-    again = finetune._split_rows(_cfg(), c)[0]
+    again = ser.split_rows(_cfg(), c)[0]
     assert [u.id for u in again] == [u.id for u in train_rows]  # seeded
 
 
 def test_dev_split_is_used_when_present():
     c = _corpus(_rows(["a", "b"], ["happy", "sad"], 3, "train") + _rows(["d"], ["happy", "sad"], 1, "dev")
                 + _rows(["t"], ["happy", "sad"], 1, "test"))
-    train_rows, dev, _, _ = finetune._split_rows(_cfg(), c)
+    train_rows, dev, _, _ = ser.split_rows(_cfg(), c)
     assert {u.speaker for u in dev} == {"d"} and {u.speaker for u in train_rows} == {"a", "b"}
 
 
 def test_labelled_set_missing_a_class():
     rows = _rows(["a", "b", "c", "e"], ["happy"], 3, "train") + _rows(["t"], ["happy", "sad"], 1, "test")
     with pytest.raises(ValueError, match=r"no utterance of class 'sad'"):
-        finetune._split_rows(_cfg(classes=("happy", "sad")), _corpus(rows))
+        ser.split_rows(_cfg(classes=("happy", "sad")), _corpus(rows))
 
 
 def test_emotions_the_config_does_not_know():
     c = _corpus(_rows(["a", "b"], ["happy", "sad"], 2, "train") + _rows(["t"], ["happy", "bored"], 1, "test"))
     with pytest.raises(ValueError, match=r"test rows have emotions \['bored'\]"):
-        finetune._split_rows(_cfg(), c)
+        ser.split_rows(_cfg(), c)
     with pytest.raises(ValueError, match=r"fine-tuning rows have emotions \['sad'\]"):
-        finetune._split_rows(_cfg(classes=("happy",)), c)
+        ser.split_rows(_cfg(classes=("happy",)), c)
 
 
 # ---------------------------------------------------------------- end to end on tiny audio
 def test_dimensional_finetuning_reports_ccc(tmp_path, synthetic_corpus_dir):
-    result = finetune.run(tiny_finetune_config(synthetic_corpus_dir, "both", steps=4), tmp_path)
+    result = ser_ecapa.run(tiny_finetune_config(synthetic_corpus_dir, "both", steps=4), tmp_path)
     test = result["test"]
     for d in ("arousal", "valence", "dominance"):
         assert -1.0 <= test[f"ccc_{d}"] <= 1.0
-    assert test["ccc_mean"] == pytest.approx(np.mean([test[f"ccc_{d}"] for d in finetune.DIMENSIONS]))
+    assert test["ccc_mean"] == pytest.approx(np.mean([test[f"ccc_{d}"] for d in ser.DIMENSIONS]))
     assert 0.0 <= test["macro_f1"] <= 1.0 and len(test["confusion"]) == len(result["classes"])
     model = json.loads((tmp_path / "model.json").read_text())
     assert model["ser"]["dimensions"] == ["arousal", "valence", "dominance"]
@@ -80,10 +81,10 @@ def test_dimensional_finetuning_reports_ccc(tmp_path, synthetic_corpus_dir):
 
 def test_killed_finetuning_resumes_to_the_same_result(tmp_path, synthetic_corpus_dir, monkeypatch):
     cfg = tiny_finetune_config(synthetic_corpus_dir, "dimensional")
-    unbroken = finetune.run(cfg, tmp_path / "unbroken")
+    unbroken = ser_ecapa.run(cfg, tmp_path / "unbroken")
     assert unbroken["temperature"] is None and "ece" not in unbroken["test"]  # nothing to calibrate
 
-    real = finetune.pipeline.crop_batches
+    real = ser.pipeline.crop_batches
 
     def crash_after_3(*a, **k):
         it = real(*a, **k)
@@ -91,13 +92,13 @@ def test_killed_finetuning_resumes_to_the_same_result(tmp_path, synthetic_corpus
             yield next(it)
         raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(finetune.pipeline, "crop_batches", crash_after_3)
+    monkeypatch.setattr(ser.pipeline, "crop_batches", crash_after_3)
     with pytest.raises(KeyboardInterrupt):
-        finetune.run(cfg, tmp_path / "crashed")
+        ser_ecapa.run(cfg, tmp_path / "crashed")
     assert (tmp_path / "crashed" / "checkpoints" / "2").is_dir()
     assert not (tmp_path / "crashed" / "results.json").exists()
-    monkeypatch.setattr(finetune.pipeline, "crop_batches", real)
-    resumed = finetune.run(cfg, tmp_path / "crashed")
+    monkeypatch.setattr(ser.pipeline, "crop_batches", real)
+    resumed = ser_ecapa.run(cfg, tmp_path / "crashed")
     assert [h["step"] for h in resumed["history"]] == [2, 4, 6]
     assert resumed["history"] == unbroken["history"]
     assert resumed["test"] == unbroken["test"] and resumed["best_step"] == unbroken["best_step"]
@@ -134,15 +135,15 @@ def test_finetuning_starts_from_init_bit_for_bit_stays_frozen_then_moves(tmp_pat
     cfg = tiny_finetune_config(synthetic_corpus_dir, "categorical", steps=4)
     cfg.init, cfg.eval_every, cfg.ser.freeze_steps = str(init_dir), 1, 2
     created = {}
-    real_create = finetune.FinetuneState.create
+    real_create = ser_ecapa.FinetuneState.create
 
     def spy_create(**kw):
         created.update(jax.device_get({"params": kw["params"], "batch_stats": kw["batch_stats"]}))
         return real_create(**kw)
 
-    monkeypatch.setattr(finetune.FinetuneState, "create", staticmethod(spy_create))
+    monkeypatch.setattr(ser_ecapa.FinetuneState, "create", staticmethod(spy_create))
     saved = _record_saves(monkeypatch)
-    finetune.run(cfg, tmp_path / "ft")
+    ser_ecapa.run(cfg, tmp_path / "ft")
     assert _equal(created["params"]["encoder"], init["params"]), "the encoder starts as the init"
     assert _equal(created["batch_stats"]["encoder"], init["batch_stats"])
     assert sorted(saved) == [1, 2, 3, 4]
@@ -164,7 +165,7 @@ def test_the_test_set_is_scored_with_the_best_dev_weights(tmp_path, synthetic_co
     cfg.eval_every, cfg.ser.freeze_steps = 1, 0
     dev_scores = iter([0.2, 0.7, 0.4, 0.5])
     scored, dev_out = [], []
-    real_evaluate = finetune.evaluate
+    real_evaluate = ser_ecapa.evaluate
 
     def spy_evaluate(encoder, head, head_params, rows, classes, target, **kw):
         out = real_evaluate(encoder, head, head_params, rows, classes, target, **kw)
@@ -175,9 +176,9 @@ def test_the_test_set_is_scored_with_the_best_dev_weights(tmp_path, synthetic_co
             dev_out.append(out)
         return out
 
-    monkeypatch.setattr(finetune, "evaluate", spy_evaluate)
+    monkeypatch.setattr(ser_ecapa, "evaluate", spy_evaluate)
     saved = _record_saves(monkeypatch)
-    result = finetune.run(cfg, tmp_path / "ft")
+    result = ser_ecapa.run(cfg, tmp_path / "ft")
     assert [h["dev"]["macro_f1"] for h in result["history"]] == [0.2, 0.7, 0.4, 0.5]
     assert result["best_step"] == 2 and result["dev_score"] == 0.7
     assert len(scored) == 1
@@ -192,7 +193,7 @@ def test_the_test_set_is_scored_with_the_best_dev_weights(tmp_path, synthetic_co
     # The temperature is fitted on the dev logits of those step-2 variables, reported with ECE
     # and stored in model.json for predict.
     cal = result["calibration"]
-    assert cal["fitted_on"] == "dev" and len(dev_out[1]["labels"]) >= finetune.MIN_CALIBRATION_ROWS
+    assert cal["fitted_on"] == "dev" and len(dev_out[1]["labels"]) >= ser.MIN_CALIBRATION_ROWS
     assert result["temperature"] == cal["temperature"] == metrics.fit_temperature(
         dev_out[1]["logits"], dev_out[1]["labels"])
     assert cal["dev"]["ece"] == dev_out[1]["ece"] and cal["test"]["ece"] == result["test"]["ece"]
@@ -204,6 +205,6 @@ def test_the_test_set_is_scored_with_the_best_dev_weights(tmp_path, synthetic_co
     # Rerun when finished: the best variables come from the checkpoint and dev is scored again
     # with them, giving the same temperature.
     monkeypatch.undo()
-    again = finetune.run(cfg, tmp_path / "ft")
+    again = ser_ecapa.run(cfg, tmp_path / "ft")
     assert again["temperature"] == pytest.approx(result["temperature"], rel=1e-6)
     assert again["calibration"]["dev"]["ece"] == pytest.approx(cal["dev"]["ece"], abs=1e-9)

@@ -1,7 +1,7 @@
 """Training learns: every pretraining objective lowers its own loss, and fine-tuning (ECAPA
 and wav2vec2) fits a small labelled set, on the tiny synthetic corpus in seconds.
 
-Pretraining runs go through `train.run` (the real pipeline, optimiser and loop) with the loss
+Pretraining runs go through `pretrain.run` (the real pipeline, optimiser and loop) with the loss
 of every step logged. Each is compared, step for step, with the same run at learning rate 0:
 the batches are a pure function of (seed, step, pair table), so both runs see identical
 batches and the only difference is whether the weights move. The margins are ratios of the
@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 from helpers import DEMO, REPO, export_random_tiny_ecapa, load_config, use_tiny_corpus
 
-from emosup import comparison, finetune, finetune_w2v2, train
+from emosup import config_lib
 from emosup.data import corpus as corpus_lib
 from emosup.data import manifest as manifest_lib
+from emosup.trainers import pretrain as pretrain_lib
+from emosup.trainers import ser_ecapa, ser_w2v2
 
 # One worker computes the shared runs below once (xdist would otherwise repeat them).
 pytestmark = pytest.mark.xdist_group("learning")
@@ -51,7 +53,7 @@ def pretrain(tmp_path_factory, synthetic_corpus_dir, pair_encoder):
             c.data.crop_seconds, c.log_every, c.checkpoint_every = 1.0, 1, STEPS
             c.optim.lr, c.optim.warmup_steps = lr, 1
             c.pairs.k, c.pairs.num_negatives = 2, 2
-            history = train.run(c, tmp_path_factory.mktemp(f"{objective}_{lr}"))["history"]
+            history = pretrain_lib.run(c, tmp_path_factory.mktemp(f"{objective}_{lr}"))["history"]
             assert [h["step"] for h in history] == list(range(1, STEPS + 1))
             runs[objective, lr] = {k: np.array([h[k] for h in history]) for k in history[0]}
         return runs[objective, lr]
@@ -139,7 +141,7 @@ def test_ecapa_finetuning_fits_a_small_labelled_set(tmp_path, fit_manifest):
                     f"manifest={fit_manifest},steps={STEPS},batch_size=8,labels_per_class=0")
     c.unlock()
     c.data.crop_seconds, c.eval_every, c.ser.freeze_steps = 2.0, STEPS // 2, 0  # whole utterances
-    result = finetune.run(c, tmp_path)
+    result = ser_ecapa.run(c, tmp_path)
     assert result["train_utterances"] == 16 and result["dev_utterances"] == 16
     acc = _fit_accuracy(result["history"])
     assert acc[-1] >= 0.75, acc
@@ -155,7 +157,7 @@ def _w2v2_fit(tmp_path, fit_manifest, arm, pair_encoder, lr_encoder=1e-3, lr_hea
     config.w2v2.model.update(hidden_dropout=0.0, attention_dropout=0.0)
     config.lock()
     corpus = corpus_lib.open_corpus(config.data, tmp_path)
-    return finetune_w2v2.run(comparison._w2v2_config(config, 0, pair_encoder), tmp_path / arm, corpus, arm)
+    return ser_w2v2.run(config_lib.w2v2_stage(config, 0, pair_encoder), tmp_path / arm, corpus, arm)
 
 
 def test_w2v2_finetuning_fits_a_small_labelled_set(tmp_path, fit_manifest, pair_encoder):

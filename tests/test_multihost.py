@@ -17,7 +17,8 @@ import pytest
 from helpers import export_random_tiny_ecapa, REPO
 from multihost_worker import multihost_config
 
-from emosup import checkpoint, distributed, parallel, run_config, train
+from emosup import checkpoint, distributed, parallel, run_config
+from emosup.trainers import pretrain
 from emosup.data import pipeline
 
 # One worker runs this whole file (pytest -n 2 --dist loadgroup): the 2-process job is a
@@ -107,7 +108,7 @@ def test_two_processes_train_like_one(objective, two_process_job, tmp_path, synt
     out, texts, reads = two_process_job
     assert jax.device_count() == 8 and jax.process_count() == 1
     ref_reads = _recorded(monkeypatch)
-    ref = train.run(multihost_config(objective, synthetic_corpus_dir, pair_encoder, STEPS), tmp_path)
+    ref = pretrain.run(multihost_config(objective, synthetic_corpus_dir, pair_encoder, STEPS), tmp_path)
 
     # Input: process 0 read rows 0-3 of every global batch, process 1 rows 4-7 — disjoint,
     # and together exactly the batches (same utterances) that one process reads alone.
@@ -154,9 +155,9 @@ def test_the_two_process_checkpoint_resumes_in_one_process(two_process_job, tmp_
     shutil.copytree(out / "multitask", tmp_path / "run")
     cfg = multihost_config("multitask", synthetic_corpus_dir, pair_encoder, STEPS + 2)
     with pytest.raises(run_config.ConfigMismatchError, match=f"total_steps: saved {STEPS}, now {STEPS + 2}"):
-        train.run(cfg, tmp_path / "run")  # training longer changes the schedule: only when asked
+        pretrain.run(cfg, tmp_path / "run")  # training longer changes the schedule: only when asked
     cfg.allow_config_change = "total_steps"
-    result = train.run(cfg, tmp_path / "run")
+    result = pretrain.run(cfg, tmp_path / "run")
     assert [h["step"] for h in result["history"]] == [STEPS + 1, STEPS + 2]  # resumed, not restarted
     assert np.isfinite(result["final"]["loss"])
     variables = checkpoint.load_encoder_variables(tmp_path / "run")[1]

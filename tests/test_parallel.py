@@ -6,9 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from emosup import config_lib, parallel, train
-from emosup.models.speaker import build_encoder
+from emosup import config_lib, parallel
+from emosup.trainers import pretrain
 from emosup.models.ecapa import PRESETS
+from emosup.models.encoders import build_encoder
 
 
 def _setup(objective, mesh):
@@ -17,8 +18,8 @@ def _setup(objective, mesh):
     # BatchNorm) into lr-sized steps, hiding real differences behind a loose tolerance.
     tx = optax.sgd(0.05)
     loss_cfg = config_lib.pretrain_config().loss
-    state = train.create_state(objective, enc, loss_cfg, 5, tx, jax.random.key(0), (1, 101, 80), mesh)
-    return state, (lambda m: train.jit_train_step(objective, enc, loss_cfg, m))
+    state = pretrain.create_state(objective, enc, loss_cfg, 5, tx, jax.random.key(0), (1, 101, 80), mesh)
+    return state, (lambda m: pretrain.jit_train_step(objective, enc, loss_cfg, m))
 
 
 def _batches(objective, steps):

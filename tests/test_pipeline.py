@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from helpers import write_wav
 
-from emosup import config_lib, train
-from emosup.data import pairs as pairs_lib
+from emosup import config_lib
 from emosup.data import pipeline
+from emosup.pairs import service as pair_service
 
 CROP = 4000
 # Some files shorter than the crop (padded rows), one exactly the crop, the rest longer.
@@ -94,7 +94,7 @@ def table():
 
 def test_a_pair_row_is_anchor_positive_then_negatives_of_the_anchors_speaker(files, table):
     emb, valid, cfg = table
-    t = train._table_from_embeddings(cfg, emb, valid, np.array(SPEAKERS), np.array(LENGTHS), version=0)
+    t = pair_service.table_from_embeddings(cfg, emb, valid, np.array(SPEAKERS), np.array(LENGTHS), version=0)
     rows = {(int(a), int(p), tuple(int(x) for x in n)) for a, p, n in zip(t.anchors, t.positives, t.negatives)}
     labels = np.array(SPEAKERS) + 7
     batches = list(pipeline.pair_batches(
@@ -122,7 +122,7 @@ def test_the_pair_table_indexes_the_full_utterance_list(files, table):
     emb, valid, lengths = emb.copy(), valid.copy(), np.array(LENGTHS)
     emb[2], valid[2] = np.nan, False   # unreadable
     lengths[6] = 0                     # empty
-    t = train._table_from_embeddings(cfg, emb, valid, np.array(SPEAKERS), lengths, version=0)
+    t = pair_service.table_from_embeddings(cfg, emb, valid, np.array(SPEAKERS), lengths, version=0)
     assert t.clusters[2] == -1 and t.clusters[6] == -1
     used = np.concatenate([t.anchors, t.positives, t.negatives.ravel()])
     assert 2 not in used and 6 not in used
@@ -135,7 +135,7 @@ def test_the_pair_table_indexes_the_full_utterance_list(files, table):
 
 def test_a_pair_group_with_an_unreadable_file_leaves_the_loss(files, table, tmp_path):
     emb, valid, cfg = table
-    t = train._table_from_embeddings(cfg, emb, valid, np.array(SPEAKERS), np.array(LENGTHS), version=0)
+    t = pair_service.table_from_embeddings(cfg, emb, valid, np.array(SPEAKERS), np.array(LENGTHS), version=0)
     broken = list(files)
     broken[3] = str(tmp_path / "gone.wav")  # deleted after its length was scanned
     skip_log = pipeline.SkipLog()

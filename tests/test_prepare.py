@@ -9,7 +9,7 @@ import pytest
 
 from emosup import prepare
 from emosup.data import manifest as manifest_lib
-from emosup.data.corpora import crema_d, iemocap
+from emosup.data.corpora import crema_d, iemocap, registry
 
 import test_corpus_crema_d
 import test_corpus_iemocap
@@ -27,8 +27,8 @@ def iemo(tmp_path_factory):
 
 def test_list(capsys):
     assert prepare.main(["--list"]) == 0
-    assert capsys.readouterr().out.split() == list(prepare.CORPORA)
-    assert prepare.CORPORA == ("msp_podcast", "iemocap", "crema_d", "ravdess", "esd", "voxceleb")
+    assert capsys.readouterr().out.split() == list(registry.CORPORA)
+    assert registry.CORPORA == ("msp_podcast", "iemocap", "crema_d", "ravdess", "esd", "voxceleb")
 
 
 def test_writes_manifest_and_summary(crema, tmp_path, capsys):
@@ -120,7 +120,7 @@ def test_errors_and_exit_status(crema, tmp_path, capsys, argv, status, message):
 
 
 def test_missing_reader_module(monkeypatch, capsys):
-    monkeypatch.setattr(prepare, "CORPORA", prepare.CORPORA + ("nosuch",))
+    monkeypatch.setattr(registry, "CORPORA", registry.CORPORA + ("nosuch",))
     assert prepare.main(["nosuch", "/r", "--out=/tmp/x.csv"]) == 2
     assert capsys.readouterr().err.startswith(
         "emosup.prepare: the nosuch reader (emosup.data.corpora.nosuch) is not available in "

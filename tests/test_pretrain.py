@@ -8,7 +8,8 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import REPO, export_random_tiny_ecapa, load_config, use_tiny_corpus
 
-from emosup import train
+from emosup.trainers import pretrain
+from emosup.pairs import service as pair_service
 
 PRETRAIN = REPO / "configs" / "pretrain.py"
 
@@ -41,7 +42,7 @@ def _state(workdir):
 
 @pytest.mark.parametrize("objective", ["contrastive", "multitask", "adversarial"])
 def test_objective_trains(objective, tmp_path, synthetic_corpus_dir, pair_encoder):
-    result = train.run(_config(objective, synthetic_corpus_dir, pair_encoder, 4), tmp_path)
+    result = pretrain.run(_config(objective, synthetic_corpus_dir, pair_encoder, 4), tmp_path)
     assert np.isfinite(result["final"]["loss"])
     assert "contrastive_loss" in result["final"]
     assert ("speaker_loss" in result["final"]) == (objective != "contrastive")
@@ -50,9 +51,9 @@ def test_objective_trains(objective, tmp_path, synthetic_corpus_dir, pair_encode
 def test_crash_and_resume_is_exact_with_the_pair_table(tmp_path, synthetic_corpus_dir, pair_encoder,
                                                         monkeypatch):
     cfg = _config("multitask", synthetic_corpus_dir, pair_encoder, 8)
-    train.run(cfg, tmp_path / "unbroken")
+    pretrain.run(cfg, tmp_path / "unbroken")
 
-    real = train.pipeline.pair_batches
+    real = pretrain.pipeline.pair_batches
 
     def crash_after_4_batches(*args, **kwargs):
         it = real(*args, **kwargs)
@@ -60,20 +61,20 @@ def test_crash_and_resume_is_exact_with_the_pair_table(tmp_path, synthetic_corpu
             yield next(it)
         raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(train.pipeline, "pair_batches", crash_after_4_batches)
+    monkeypatch.setattr(pretrain.pipeline, "pair_batches", crash_after_4_batches)
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, tmp_path / "crashed")
-    monkeypatch.setattr(train.pipeline, "pair_batches", real)
+        pretrain.run(cfg, tmp_path / "crashed")
+    monkeypatch.setattr(pretrain.pipeline, "pair_batches", real)
     assert (tmp_path / "crashed" / "checkpoints" / "3").is_dir()
     built = {"n": 0}
-    real_build = train.build_pair_table
+    real_build = pair_service.table_from_encoder
 
     def counting_build(*a, **k):
         built["n"] += 1
         return real_build(*a, **k)
 
-    monkeypatch.setattr(train, "build_pair_table", counting_build)
-    train.run(cfg, tmp_path / "crashed")
+    monkeypatch.setattr(pair_service, "table_from_encoder", counting_build)
+    pretrain.run(cfg, tmp_path / "crashed")
     assert built["n"] == 0, "a resumed run takes its pair table from the checkpoint"
     step_a, a = _state(tmp_path / "unbroken")
     step_b, b = _state(tmp_path / "crashed")
@@ -85,7 +86,7 @@ def test_crash_and_resume_is_exact_with_the_pair_table(tmp_path, synthetic_corpu
 def test_pair_objective_needs_an_encoder(tmp_path, synthetic_corpus_dir):
     cfg = _config("contrastive", synthetic_corpus_dir, "", 2)
     with pytest.raises(ValueError, match=r"config.pairs.encoder is empty"):
-        train.run(cfg, tmp_path)
+        pretrain.run(cfg, tmp_path)
 
 
 def test_refreshed_pair_tables_resume_exactly(tmp_path, synthetic_corpus_dir, pair_encoder, monkeypatch):
@@ -97,14 +98,14 @@ def test_refreshed_pair_tables_resume_exactly(tmp_path, synthetic_corpus_dir, pa
     cfg.pairs.refresh_every = 2
 
     used = []
-    real = train.pipeline.pair_batches
+    real = pretrain.pipeline.pair_batches
 
     def recording(paths, labels, lengths, table, **kw):
         used.append((kw["start_step"], kw["num_steps"], table.version, table.fingerprint()))
         return real(paths, labels, lengths, table, **kw)
 
-    monkeypatch.setattr(train.pipeline, "pair_batches", recording)
-    train.run(cfg, tmp_path / "unbroken")
+    monkeypatch.setattr(pretrain.pipeline, "pair_batches", recording)
+    pretrain.run(cfg, tmp_path / "unbroken")
     assert [(a, b, v) for a, b, v, _ in used] == [(0, 2, 0), (2, 4, 0), (4, 6, 1), (6, 8, 2), (8, 9, 3)]
     fingerprints = {v: f for _, _, v, f in used}
     assert len(set(fingerprints.values())) == 4, "each refresh re-clusters: a new table"
@@ -119,18 +120,18 @@ def test_refreshed_pair_tables_resume_exactly(tmp_path, synthetic_corpus_dir, pa
             count["n"] += 1
             yield b
 
-    monkeypatch.setattr(train.pipeline, "pair_batches", crash_after_5_batches)
+    monkeypatch.setattr(pretrain.pipeline, "pair_batches", crash_after_5_batches)
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, tmp_path / "crashed")
+        pretrain.run(cfg, tmp_path / "crashed")
     assert (tmp_path / "crashed" / "checkpoints" / "3").is_dir()
     mngr = ocp.CheckpointManager(tmp_path / "crashed" / "checkpoints")
     saved = mngr.restore(3, args=ocp.args.Composite(pairs=ocp.args.StandardRestore())).pairs
     mngr.close()
     assert sorted(saved) == ["v0", "v1"], "checkpoint 3 keeps the table in use and the one built at step 2"
 
-    monkeypatch.setattr(train.pipeline, "pair_batches", recording)
+    monkeypatch.setattr(pretrain.pipeline, "pair_batches", recording)
     used.clear()
-    train.run(cfg, tmp_path / "crashed")
+    pretrain.run(cfg, tmp_path / "crashed")
     # resumed at step 3 (checkpoint): v0 for step 3, then v1 (restored), v2 and v3 rebuilt
     assert [(a, b, v) for a, b, v, _ in used] == [(3, 4, 0), (4, 6, 1), (6, 8, 2), (8, 9, 3)]
     assert all(fingerprints[v] == f for _, _, v, f in used), "the same tables as the unbroken run"
@@ -154,7 +155,7 @@ def test_init_starts_pretraining_from_the_given_encoder(tmp_path, synthetic_corp
     for name, path in (("with", str(init)), ("without", "")):
         cfg = _config("contrastive", synthetic_corpus_dir, pair_encoder, 2)
         cfg.init, cfg.optim.lr = path, 0.0
-        result = train.run(cfg, tmp_path / name)
+        result = pretrain.run(cfg, tmp_path / name)
         runs[name] = checkpoint.load_encoder_variables(tmp_path / name)[1]["params"], result
     params, result = runs["with"]
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(init_vars["params"]), strict=True):
@@ -179,4 +180,4 @@ def test_init_of_another_family_is_refused(tmp_path, synthetic_corpus_dir, pair_
     cfg = _config("contrastive", synthetic_corpus_dir, pair_encoder, 2)
     cfg.init = str(bad)
     with pytest.raises(ValueError, match="holds a 'wav2vec2' encoder; pretraining starts from an ECAPA"):
-        train.validate(cfg)
+        pretrain.validate(cfg)

@@ -10,15 +10,16 @@ import soundfile as sf
 from scipy import signal
 
 from emosup.data import manifest as manifest_lib
-from emosup.data.corpora import synthetic
-from emosup.data.corpora.synthetic import SYNTHETIC_SPLITS, SyntheticConfig
+from emosup.data.synthetic import generator, speech, voices
+from emosup.data.synthetic.generator import SyntheticConfig
+from emosup.data.synthetic.voices import SYNTHETIC_SPLITS
 
 SMALL = dict(seed=3, speakers_unlabelled=3, speakers_labelled=2, speakers_test=2,
              utterances_per_speaker_emotion=3, min_duration=0.5, max_duration=0.9)
 
 
 def _gen(out, **kw):
-    return synthetic.generate(out, SyntheticConfig(**{**SMALL, **kw}), workers=1, progress=False)
+    return generator.generate(out, SyntheticConfig(**{**SMALL, **kw}), workers=1, progress=False)
 
 
 def _wavs(out):
@@ -48,7 +49,7 @@ def test_layout_counts_and_speaker_disjoint_splits(small):
         assert sorted(emos) == sorted(["neutral", "happy", "sad", "angry"] * 3)
     assert sorted(_wavs(out)) == sorted(u.id for u in m)  # nothing else was written
     meta = json.loads((out / "corpus.json").read_text())
-    assert meta["version"] == synthetic.GENERATOR_VERSION and meta["num_files"] == 84
+    assert meta["version"] == generator.GENERATOR_VERSION and meta["num_files"] == 84
     assert meta["config"] == SyntheticConfig(**SMALL).to_dict()
 
 
@@ -70,9 +71,9 @@ def test_wavs_are_16k_mono_pcm16_in_range_unclipped(small):
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_worker_processes_write_the_same_bytes(small, tmp_path, monkeypatch, method):
     out, path = small
-    monkeypatch.setattr(synthetic, "_pool_context",
+    monkeypatch.setattr(generator, "_pool_context",
                         lambda: multiprocessing.get_context(method))
-    p2 = synthetic.generate(tmp_path / "w2", SyntheticConfig(**SMALL), workers=2, progress=False)
+    p2 = generator.generate(tmp_path / "w2", SyntheticConfig(**SMALL), workers=2, progress=False)
     assert _wavs(tmp_path / "w2") == _wavs(out)
     assert p2.read_bytes() == path.read_bytes()
 
@@ -123,7 +124,7 @@ def test_config_construction_and_validation():
         {"seed": 1, "emotions": ["calm", "fear"], "speakers_test": 1}))
     assert cfg.emotions == ("calm", "fear") and cfg.seed == 1 and cfg.speakers_unlabelled == 24
     assert SyntheticConfig(**cfg.to_dict()) == cfg
-    assert SyntheticConfig(emotions=synthetic.KNOWN_EMOTIONS).emotions == synthetic.KNOWN_EMOTIONS
+    assert SyntheticConfig(emotions=voices.KNOWN_EMOTIONS).emotions == voices.KNOWN_EMOTIONS
     with pytest.raises(ValueError, match="SyntheticConfig: unknown field.* speakers"):
         SyntheticConfig.from_dict({"speakers": 3})
     with pytest.raises(ValueError, match=r"SyntheticConfig.emotions: unknown emotion 'bored'"):
@@ -139,9 +140,9 @@ def test_config_construction_and_validation():
 
 
 def test_every_emotion_profile_synthesizes():
-    spk = synthetic.make_speaker(0, "test", 1, 16000)
-    for i, e in enumerate(synthetic.KNOWN_EMOTIONS):
-        x, avd = synthetic.synthesize(spk, e, np.random.default_rng(i), 16000, 1.0, 1.0)
+    spk = voices.make_speaker(0, "test", 1, 16000)
+    for i, e in enumerate(voices.KNOWN_EMOTIONS):
+        x, avd = speech.synthesize(spk, e, np.random.default_rng(i), 16000, 1.0, 1.0)
         assert x.shape == (16000,) and x.dtype == np.float32
         assert np.isfinite(x).all() and np.abs(x).max() <= 0.95 and x.std() > 1e-3
         assert avd.shape == (3,) and np.all(np.abs(avd) <= 1)
@@ -154,7 +155,7 @@ def test_segment_filter_kernel_equals_public_sosfilt():
     y, zi = x.copy(), np.zeros((2, 2))
     ref, zr = np.empty_like(x), np.zeros((2, 2))
     for k, (a, b) in enumerate([(0, 1000), (1000, 1700), (1700, 3000)]):
-        synthetic._sosfilt_inplace(sos[k], y[a:b], zi)
+        speech._sosfilt_inplace(sos[k], y[a:b], zi)
         ref[a:b], zr = signal.sosfilt(sos[k], x[a:b], zi=zr)
     np.testing.assert_array_equal(y, ref)
     np.testing.assert_array_equal(zi, zr)
@@ -224,7 +225,7 @@ def _loo_centroid(x, y):
 def study(tmp_path_factory):
     cfg = SyntheticConfig(seed=0, speakers_unlabelled=0, speakers_labelled=6, speakers_test=0,
                           utterances_per_speaker_emotion=8, min_duration=1.0, max_duration=1.5)
-    path = synthetic.generate(tmp_path_factory.mktemp("study"), cfg, workers=1, progress=False)
+    path = generator.generate(tmp_path_factory.mktemp("study"), cfg, workers=1, progress=False)
     m = manifest_lib.read_manifest(path, allowed_splits=SYNTHETIC_SPLITS)
     fb = _mel_fb()
     feats = [_features(sf.read(u.path)[0], fb) for u in m]
@@ -263,7 +264,7 @@ def test_emotion_present_within_speaker_but_not_trivial(study):
 def test_measured_f0_follows_the_speaker(study):
     m, _, pros, spk, emo = study
     for s in np.unique(spk):
-        voice = synthetic.make_speaker(0, "labelled", int(s[1:]), 16000)
+        voice = voices.make_speaker(0, "labelled", int(s[1:]), 16000)
         f0 = 2 ** np.median(pros[(spk == s) & (emo == "neutral"), 0])
         assert f0 == pytest.approx(voice.f0, rel=0.15), s  # measured worst 7.1 %
     low = [2 ** pros[spk == s, 0].mean() for s in ("l000", "l002", "l004")]

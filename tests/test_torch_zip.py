@@ -15,8 +15,9 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
 from emosup import checkpoint
 from emosup.convert.speechbrain_ecapa import convert_state, load_speechbrain_ecapa
-from emosup.convert.torch_state import ConversionError, load_torch_state
+from emosup.convert.torch_state import load_torch_state
 from emosup.convert.torch_zip import load_torch_file
+from emosup.errors import ConversionError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

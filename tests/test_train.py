@@ -12,7 +12,8 @@ import pytest
 
 from helpers import DEMO, REPO, load_config
 
-from emosup import losses, train
+from emosup import losses
+from emosup.trainers import loop, pretrain
 from emosup.data import pipeline
 
 
@@ -83,15 +84,15 @@ def test_nan_guard_names_step_window(tmp_path, synthetic_corpus_dir, monkeypatch
         return loss * jnp.nan, logits
 
     monkeypatch.setattr(losses, "aam_softmax", poisoned)
-    with pytest.raises(train.NonFiniteError, match=r"steps 2\.\.2"):
-        train.run(_config(synthetic_corpus_dir), tmp_path / "nan")
+    with pytest.raises(loop.NonFiniteError, match=r"steps 2\.\.2"):
+        pretrain.run(_config(synthetic_corpus_dir), tmp_path / "nan")
 
 
 def test_unreadable_files_are_skipped_and_reported(tmp_path, synthetic_corpus_dir):
     from emosup.data import manifest as manifest_lib
-    from emosup.data.corpora import synthetic
+    from emosup.data.synthetic.voices import SYNTHETIC_SPLITS
 
-    m = manifest_lib.read_manifest(synthetic_corpus_dir / "manifest.csv", allowed_splits=synthetic.SYNTHETIC_SPLITS)
+    m = manifest_lib.read_manifest(synthetic_corpus_dir / "manifest.csv", allowed_splits=SYNTHETIC_SPLITS)
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF\x00\x00not really a wav file")
     rows = [u for u in m if u.split == "unlabelled"]
@@ -100,7 +101,7 @@ def test_unreadable_files_are_skipped_and_reported(tmp_path, synthetic_corpus_di
     csv.write_text("\n".join(lines) + "\n")
     cfg = _config(synthetic_corpus_dir)
     cfg.data.manifest = str(csv)
-    result = train.run(cfg, tmp_path / "skip")
+    result = pretrain.run(cfg, tmp_path / "skip")
     assert str(bad) in result["skipped"]
     assert np.isfinite(result["final"]["loss"])
 

@@ -11,8 +11,9 @@ import torch
 from helpers import DEMO, load_config, voxceleb_ecapa_folder
 
 from emosup import checkpoint, experiment
+from emosup.bench import reference
 from emosup.convert import speechbrain_ecapa
-from emosup.embed import Encoder, embed_paths
+from emosup.models.encoders import Encoder, embed_paths
 
 # One worker fetches and converts it (the download must not race with itself).
 pytestmark = pytest.mark.xdist_group("voxceleb")
@@ -30,20 +31,10 @@ def converted(tmp_path_factory):
 def _speechbrain_encoder_classifier(src):
     """SpeechBrain's EncoderClassifier around its own modules, with the checkpoint's weights
     (the modules the folder's hyperparams.yaml names, built here so no download is attempted)."""
-    from speechbrain.inference.classifiers import EncoderClassifier
-    from speechbrain.lobes.features import Fbank
-    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
-    from speechbrain.processing.features import InputNormalization
-
-    model = ECAPA_TDNN(input_size=80, channels=[1024, 1024, 1024, 1024, 3072], kernel_sizes=[5, 3, 3, 3, 1],
-                       dilations=[1, 2, 3, 4, 1], attention_channels=128, lin_neurons=192)
-    model.load_state_dict(torch.load(src / "embedding_model.ckpt", map_location="cpu", weights_only=True))
-    modules = {"compute_features": Fbank(n_mels=80),
-               "mean_var_norm": InputNormalization(norm_type="sentence", std_norm=False),
-               "embedding_model": model, "classifier": Classifier(input_size=192, out_neurons=7205)}
-    clf = EncoderClassifier(modules=modules, hparams={})
-    clf.mods.eval()
-    return clf
+    state = torch.load(src / "embedding_model.ckpt", map_location="cpu", weights_only=True)
+    return reference.encoder_classifier(
+        channels=[1024, 1024, 1024, 1024, 3072], kernel_sizes=[5, 3, 3, 3, 1], dilations=[1, 2, 3, 4, 1],
+        attention_channels=128, lin_neurons=192, out_neurons=7205, state_dict=state)
 
 
 def test_converted_voxceleb_ecapa_equals_speechbrain_on_speech(converted, synthetic_corpus_dir):

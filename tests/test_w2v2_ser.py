@@ -1,5 +1,5 @@
-"""`Wav2Vec2ForSER` equals HF `Wav2Vec2ForSequenceClassification`, and `Wav2Vec2PerUtterance`
-equals HF run on each utterance alone.
+"""`Wav2Vec2ForSER` equals HF `Wav2Vec2ForSequenceClassification`, and `Wav2Vec2Model(per_utterance=
+True)` equals HF run on each utterance alone.
 
 Reference models are tiny random HF models (test_wav2vec2.py: every weight randomised, the
 layer weights included), saved and converted with `load_hf_wav2vec2(keep_heads=True)`.
@@ -14,8 +14,7 @@ import transformers
 from test_wav2vec2 import LAYER, batch, make_hf, rel_err
 
 from emosup.convert.hf_wav2vec2 import load_hf_wav2vec2
-from emosup.models.w2v2_ser import (Wav2Vec2ForSER, Wav2Vec2PerUtterance, masked_mean,
-                                    ser_from_hf, ser_variables_from_hf)
+from emosup.models.w2v2_ser import Wav2Vec2ForSER, masked_mean, ser_from_hf, ser_variables_from_hf
 from emosup.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
 FAMILIES = {"group/post-LN": {}, "layer/stable-LN": LAYER}
@@ -75,7 +74,7 @@ def test_per_utterance_rows_equal_hf_on_each_utterance_alone(models, family):
     lengths = mask.sum(1)
     model, ser = ser_from_hf(model_config, variables, per_utterance=True)
     logits, _, pooled = jax.jit(model.apply)(ser, jnp.asarray(x), jnp.asarray(mask))
-    body = Wav2Vec2PerUtterance(cfg).apply(variables, jnp.asarray(x), jnp.asarray(mask))
+    body = Wav2Vec2Model(cfg, per_utterance=True).apply(variables, jnp.asarray(x), jnp.asarray(mask))
     padded_hf, _ = hf_logits_and_pooled(hf, x, mask)  # HF's padded-batch maths
     errors, padded_gap = {}, 0.0
     for b, n in enumerate(lengths):
@@ -97,7 +96,7 @@ def test_per_utterance_rows_equal_hf_on_each_utterance_alone(models, family):
         assert padded_gap > 1e-3
     # Full-length rows without a mask: the same as Wav2Vec2Model.
     full = jnp.asarray(x[:1, :lengths[0]])
-    np.testing.assert_allclose(Wav2Vec2PerUtterance(cfg).apply(variables, full).last_hidden_state,
+    np.testing.assert_allclose(Wav2Vec2Model(cfg, per_utterance=True).apply(variables, full).last_hidden_state,
                                Wav2Vec2Model(cfg).apply(variables, full).last_hidden_state,
                                rtol=1e-5, atol=1e-5)
 
@@ -181,6 +180,6 @@ def test_masked_mean_and_errors(models):
     with pytest.raises(ValueError, match="need num_classes > 0 and/or num_dims > 0, got num_classes=0"):
         Wav2Vec2ForSER(cfg, num_classes=0).init(jax.random.PRNGKey(0), jnp.zeros((1, 400)))
     x, mask = batch((3000, 50, 2000))
-    with pytest.raises(ValueError, match=r"Wav2Vec2PerUtterance: attention_mask gives example\(s\) shorter "
+    with pytest.raises(ValueError, match=r"Wav2Vec2Model: attention_mask gives example\(s\) shorter "
                                          r"than the receptive field of 60 samples \(no frame\): row 1: 50"):
-        Wav2Vec2PerUtterance(cfg).apply(variables, jnp.asarray(x), jnp.asarray(mask))
+        Wav2Vec2Model(cfg, per_utterance=True).apply(variables, jnp.asarray(x), jnp.asarray(mask))

@@ -135,7 +135,7 @@ def test_equals_hf_on_every_hidden_state(converted, arch, masked):
 def test_feature_lengths_and_receptive_field():
     base = Wav2Vec2Config()
     assert base.receptive_field == 400 and base.hop == 320  # wav2vec2-base conv stack
-    assert feature_lengths(base, 16000) == 49  # research/paper.md §3.1, measured with HF
+    assert feature_lengths(base, 16000) == 49  # HF Wav2Vec2Model gives 49 frames for 1 s at 16 kHz (measured)
     assert feature_lengths(base, 400) == 1 and feature_lengths(base, 399) <= 0
     hf = transformers.Wav2Vec2Model(hf_config())
     lengths = np.array([60, 61, 99, 100, 1234, 3000, 16000])

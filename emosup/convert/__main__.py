@@ -61,7 +61,7 @@ def main(argv):
         print(f"--keep-heads applies to wav2vec2 only\n{USAGE}", file=sys.stderr)
         return 2
     from emosup import checkpoint, errors
-    from emosup.convert.torch_state import ConversionError
+    from emosup.errors import ConversionError
 
     try:
         model_config, variables, text = _convert(kind, src, keep_heads)

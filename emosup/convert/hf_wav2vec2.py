@@ -9,7 +9,7 @@ Input directory, as ``Wav2Vec2Model`` / ``Wav2Vec2For*`` ``.save_pretrained`` wr
                                  sharded (``*.index.json`` + shards)
     preprocessor_config.json     optional (written by the feature extractor, not the model)
 
-Conversion is rename + transpose (research/paper.md §3.3–3.4): Linear ``weight (out, in)`` →
+Conversion is rename + transpose (HF's own PyTorch → Flax rules): Linear ``weight (out, in)`` →
 ``kernel (in, out)``; Conv1d ``weight (out, in/groups, k)`` → ``kernel (k, in/groups, out)``;
 LayerNorm/GroupNorm ``weight`` → ``scale``. The positional conv's weight norm is folded,
 ``W = g · v / ‖v‖`` with the norm over axes (0, 1) for every kernel tap (``weight_norm(...,
@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emosup.convert.torch_state import ConversionError, Rule, load_torch_state, map_state
+from emosup.convert.torch_state import Rule, load_torch_state, map_state
+from emosup.errors import ConversionError
 from emosup.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
 CONFIG = "config.json"

@@ -13,7 +13,7 @@ or constructs anything; Python tags (``!!python/...``) are refused. The checkpoi
 without torch by ``torch_zip.load_torch_file``, which accepts only tensors and plain
 containers and refuses, naming it, anything else the pickle asks for.
 
-Conversion is rename + transpose (research/paper.md §3.5): ``blocks.0.conv.conv.weight``
+Conversion is rename + transpose (SpeechBrain 1.1.2 ``ECAPA_TDNN`` state-dict keys): ``blocks.0.conv.conv.weight``
 ``(out, in, k)`` -> ``params/blocks_0/conv/conv/kernel`` ``(k, in, out)``; BatchNorm
 ``weight, bias, running_mean, running_var`` -> ``scale, bias, mean, var``. Every target leaf
 must be found with the right shape and every source key used (``num_batches_tracked`` is
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from emosup.convert.torch_state import ConversionError, Rule, load_torch_state, map_state
+from emosup.convert.torch_state import Rule, load_torch_state, map_state
+from emosup.errors import ConversionError
 from emosup.models.ecapa import build_ecapa
 
 HYPERPARAMS = "hyperparams.yaml"

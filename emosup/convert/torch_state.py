@@ -19,26 +19,11 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from emosup.errors import UserError
+from emosup.convert.torch_zip import load_torch_file
+from emosup.errors import ConversionError
 
 TORCH_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
-
-
-class ConversionError(UserError):
-    """A weight file or its conversion is unusable; the message names every problem."""
-
-    def __init__(
-        self,
-        message: str,
-        missing: Sequence[str] = (),
-        unused: Sequence[str] = (),
-        mismatched: Sequence[str] = (),
-    ):
-        super().__init__(message)
-        self.missing = list(missing)
-        self.unused = list(unused)
-        self.mismatched = list(mismatched)
 
 
 def load_torch_state(path: os.PathLike | str) -> dict[str, np.ndarray]:
@@ -60,8 +45,6 @@ def load_torch_state(path: os.PathLike | str) -> dict[str, np.ndarray]:
             f"{path}: unknown weight file type {suffix!r}; expected one of "
             f"{list(TORCH_SUFFIXES) + [SAFETENSORS_SUFFIX]}"
         )
-    from emosup.convert.torch_zip import load_torch_file  # imports this module
-
     obj = load_torch_file(path)
     if not isinstance(obj, Mapping):
         raise ConversionError(

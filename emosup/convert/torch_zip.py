@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from emosup.convert.torch_state import ConversionError
+from emosup.errors import ConversionError
 
 # The dtype of each typed storage torch pickles (``torch.<Name>Storage``), and the torch dtypes
 # a tensor may have (numpy's names; "bfloat16" is widened to float32 on reading).

@@ -39,12 +39,11 @@ class Corpus:
 
 
 def _read_corpus(data_cfg, workdir):
-    from emosup import prepare
-    from emosup.data.corpora import common
+    from emosup.data.corpora import common, registry
 
-    read = prepare.reader_for(data_cfg.corpus)
+    read = registry.reader_for(data_cfg.corpus)
     options = dict(data_cfg.get("options", {}))
-    known = prepare.options_of(read)
+    known = registry.options_of(read)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"config.data.options {unknown} are not options of the {data_cfg.corpus} reader; "
@@ -88,11 +87,11 @@ def open_corpus(data_cfg, workdir=None):
         return Corpus(name=data_cfg.get("name") or path.stem, manifest=m, manifest_path=str(path),
                       train_split="train", study_split="test", splits=("train", "dev", "test"))
     from emosup import config_lib
-    from emosup.data.corpora import synthetic
+    from emosup.data.synthetic import generator, voices
 
     # No folder given: the shared cache of corpora with these settings (generated once).
     out = data_cfg.synthetic_dir or config_lib.synthetic_cache_dir(data_cfg.synthetic.to_dict())
-    syn_cfg = synthetic.SyntheticConfig(**data_cfg.synthetic.to_dict())
+    syn_cfg = generator.SyntheticConfig(**data_cfg.synthetic.to_dict())
     out = pathlib.Path(out).expanduser().absolute()
     if jax.process_count() > 1:
         # Process 0 writes the corpus first; the others then find it cached (shared file
@@ -100,9 +99,9 @@ def open_corpus(data_cfg, workdir=None):
         from emosup import distributed
 
         if jax.process_index() == 0:
-            synthetic.generate(out, syn_cfg)
+            generator.generate(out, syn_cfg)
         distributed.barrier("emosup-synthetic-corpus")
-    path = synthetic.generate(out, syn_cfg)
-    m = manifest_lib.read_manifest(path, allowed_splits=synthetic.SYNTHETIC_SPLITS)
+    path = generator.generate(out, syn_cfg)
+    m = manifest_lib.read_manifest(path, allowed_splits=voices.SYNTHETIC_SPLITS)
     return Corpus(name="synthetic", manifest=m, manifest_path=str(path), train_split="unlabelled",
-                  study_split="test", splits=tuple(synthetic.SYNTHETIC_SPLITS), finetune_split="labelled")
+                  study_split="test", splits=tuple(voices.SYNTHETIC_SPLITS), finetune_split="labelled")

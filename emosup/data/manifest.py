@@ -34,7 +34,7 @@ REQUIRED_COLUMNS = ("path", "speaker")
 DIMENSION_COLUMNS = ("arousal", "valence", "dominance")
 STANDARD_COLUMNS = ("path", "speaker", "emotion", "split") + DIMENSION_COLUMNS
 DEFAULT_SPLITS = ("train", "dev", "test")
-# A row without a split value belongs to the training split (the rule).
+# A row without a split value belongs to the training split.
 DEFAULT_SPLIT = "train"
 
 

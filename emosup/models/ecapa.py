@@ -2,7 +2,7 @@
 
 Desplanques et al., "ECAPA-TDNN: Emphasized Channel Attention, Propagation and Aggregation in
 TDNN Based Speaker Verification", Interspeech 2020; the reference implementation we match is
-speechbrain 1.1.2 ``speechbrain/lobes/models/ECAPA_TDNN.py`` (see research/paper.md §3.5).
+speechbrain 1.1.2 ``speechbrain/lobes/models/ECAPA_TDNN.py`` (constants: docs/method.md §Constants and their sources).
 
 Layout (channels-last, ``[B, T, C]``)::
 
@@ -44,7 +44,7 @@ ASP_EPS = 1e-12
 
 # Constructor kwargs of the supported configurations.
 PRESETS: dict[str, dict] = {
-    # speechbrain/spkrec-ecapa-voxceleb hyperparams.yaml (research/paper.md §3.5).
+    # speechbrain/spkrec-ecapa-voxceleb hyperparams.yaml (20,767,552 parameters).
     "c1024": dict(
         input_size=80,
         channels=(1024, 1024, 1024, 1024, 3072),

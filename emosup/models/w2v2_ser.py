@@ -1,6 +1,6 @@
 """wav2vec 2.0 for speech emotion recognition: HF ``Wav2Vec2ForSequenceClassification`` in Flax.
 
-The reference is transformers 5.24 ``Wav2Vec2ForSequenceClassification`` (aesthetics.md §5):
+The reference is transformers 5.24 ``Wav2Vec2ForSequenceClassification``:
 
     input_values [B, N] ─ wav2vec2 ─▶ hidden_states (L + 1) × [B, T, H]
       ─ last_hidden_state, or Σ softmax(layer_weights)_l · hidden_states[l] ─▶ [B, T, H]
@@ -18,13 +18,8 @@ Parameter paths mirror HF's keys: ``wav2vec2/...`` (the body, as ``Wav2Vec2Model
 ``dims``. ``ser_variables_from_hf`` turns ``load_hf_wav2vec2(..., keep_heads=True)`` output
 into this module's variables; ``ser_from_hf`` also infers the head sizes.
 
-``Wav2Vec2PerUtterance`` is the same body (same parameters) computed so that every row of
-a zero-padded batch equals that utterance run alone and unpadded. HF's padded maths differs
-from the unpadded one in two places: the base family's conv-0 GroupNorm takes its statistics
-over all frames, padding included (transformers issue #21534), and a model run without an
-attention mask attends to the padding. ``Wav2Vec2PerUtterance`` always masks, and takes the
-GroupNorm statistics over each row's valid conv-0 frames. ``Wav2Vec2ForSER(per_utterance=
-True)`` uses it; ``emosup.embed`` uses it for every wav2vec2 embedding.
+``Wav2Vec2ForSER(per_utterance=True)`` runs the body as ``Wav2Vec2Model(per_utterance=True)``:
+every row of a zero-padded batch then equals that utterance run alone and unpadded.
 """
 from __future__ import annotations
 
@@ -35,9 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emosup.models.wav2vec2 import (ACTIVATIONS, CONV_NORM_EPS, ConvLayer, Encoder,
-                                    FeatureProjection, Wav2Vec2Config, Wav2Vec2Model,
-                                    Wav2Vec2Output, feature_lengths)
+from emosup.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model, Wav2Vec2Output
 
 Array = jax.Array
 
@@ -88,142 +81,6 @@ def check_layer(config: Wav2Vec2Config, layer: int, where: str = "layer") -> int
 
 
 # --------------------------------------------------------------------------------------------
-# The per-utterance (padding-invariant) body
-# --------------------------------------------------------------------------------------------
-
-
-class MaskedChannelGroupNorm(nn.Module):
-    """``ChannelGroupNorm`` (torch ``GroupNorm(C, C)``) with statistics over each row's first
-    ``n_frames`` frames only. ``x [B, T, C]``, ``n_frames`` int ``[B]`` -> ``[B, T, C]``.
-    Same parameters (``scale``, ``bias``) as ``ChannelGroupNorm``."""
-
-    epsilon: float = CONV_NORM_EPS
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: Array, n_frames: Array) -> Array:
-        c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        xf = x.astype(jnp.float32)
-        valid = (jnp.arange(x.shape[1])[None, :] < n_frames[:, None])[:, :, None]
-        # max(n, 1): a row without frames stays finite (its frames are all masked later).
-        n = jnp.maximum(n_frames, 1).astype(jnp.float32)[:, None, None]
-        mean = jnp.sum(jnp.where(valid, xf, 0.0), axis=1, keepdims=True) / n
-        var = jnp.sum(jnp.where(valid, jnp.square(xf - mean), 0.0), axis=1, keepdims=True) / n
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
-        return y.astype(self.dtype or x.dtype)
-
-
-class _GroupNormConvLayer0(nn.Module):
-    """Conv layer 0 of the "group" family with the masked GroupNorm (params as ``ConvLayer``)."""
-
-    config: Wav2Vec2Config
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: Array, num_samples: Array) -> Array:
-        cfg = self.config
-        x = nn.Conv(cfg.conv_dim[0], kernel_size=(cfg.conv_kernel[0],),
-                    strides=(cfg.conv_stride[0],), padding="VALID", use_bias=cfg.conv_bias,
-                    dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.he_normal(), name="conv")(x)
-        # Frames of conv 0 that see only valid samples (torch Conv1d output length).
-        n0 = (num_samples - cfg.conv_kernel[0]) // cfg.conv_stride[0] + 1
-        x = MaskedChannelGroupNorm(dtype=self.dtype, name="layer_norm")(x, n0)
-        return ACTIVATIONS[cfg.feat_extract_activation](x)
-
-
-class _ConvLayers(nn.Module):
-    config: Wav2Vec2Config
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: Array, num_samples: Array) -> Array:
-        cfg = self.config
-        for i in range(len(cfg.conv_dim)):
-            if i == 0 and cfg.feat_extract_norm == "group":
-                x = _GroupNormConvLayer0(cfg, self.dtype, name="0")(x, num_samples)
-            else:  # no cross-time statistics: valid frames never see padding
-                x = ConvLayer(cfg, i, self.dtype, name=str(i))(x)
-        return x
-
-
-class _FeatureEncoder(nn.Module):
-    config: Wav2Vec2Config
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, input_values: Array, num_samples: Array) -> Array:
-        x = input_values[:, :, None].astype(self.dtype or jnp.float32)
-        return _ConvLayers(self.config, self.dtype, name="conv_layers")(x, num_samples)
-
-
-class Wav2Vec2PerUtterance(nn.Module):
-    """``Wav2Vec2Model`` where every row equals that utterance run alone, unpadded.
-
-    Same fields, call signature, parameters and output as ``Wav2Vec2Model``; the difference is
-    only for zero-padded batches: ``attention_mask [B, N]`` (None = every row full length;
-    only its per-row sum is used) always masks attention and zeroes padded frames, and the
-    group family's conv-0 GroupNorm uses the row's valid frames. Valid frames of the output
-    then equal HF's ``Wav2Vec2Model`` on ``input_values[b, :n_b]`` (with or without an
-    attention mask: all-ones changes nothing); padded frames hold finite filler.
-    """
-
-    config: Wav2Vec2Config
-    dtype: Any = jnp.float32
-    remat: bool = False
-
-    def _frame_mask(self, num_samples: Array, t: int) -> Array:
-        """Valid frames ``[B, t]`` from sample counts, refusing rows shorter than the
-        receptive field when the counts are concrete (as ``Wav2Vec2Model``)."""
-        try:
-            concrete = np.asarray(num_samples)
-        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-            concrete = None
-        if concrete is not None:
-            short = [(i, int(v)) for i, v in enumerate(concrete) if v < self.config.receptive_field]
-            if short:
-                raise ValueError(
-                    "Wav2Vec2PerUtterance: attention_mask gives example(s) shorter than the "
-                    f"receptive field of {self.config.receptive_field} samples (no frame): "
-                    + ", ".join(f"row {i}: {v} samples" for i, v in short))
-        return jnp.arange(t)[None, :] < feature_lengths(self.config, num_samples)[:, None]
-
-    @nn.compact
-    def __call__(self, input_values: Array, attention_mask: Optional[Array] = None, *,
-                 train: bool = False, freeze_feature_encoder: bool = False) -> Wav2Vec2Output:
-        cfg = self.config
-        if input_values.ndim != 2:
-            raise ValueError(f"Wav2Vec2PerUtterance: input_values must be [B, N], got shape "
-                             f"{tuple(input_values.shape)}")
-        b, n = input_values.shape
-        if n < cfg.receptive_field:
-            raise ValueError(
-                f"Wav2Vec2PerUtterance: waveform of {n} samples is shorter than the conv "
-                f"stack's receptive field of {cfg.receptive_field} samples (it would give no "
-                "frame)")
-        if attention_mask is None:
-            num_samples = jnp.full((b,), n, jnp.int32)
-        else:
-            if tuple(attention_mask.shape) != (b, n):
-                raise ValueError(f"Wav2Vec2PerUtterance: attention_mask shape "
-                                 f"{tuple(attention_mask.shape)} != input_values shape {(b, n)}")
-            num_samples = jnp.sum(jnp.asarray(attention_mask).astype(jnp.int32), axis=-1)
-        mask = self._frame_mask(num_samples, int(feature_lengths(cfg, n)))
-        feats = _FeatureEncoder(cfg, self.dtype, name="feature_extractor")(input_values,
-                                                                           num_samples)
-        if freeze_feature_encoder:
-            feats = jax.lax.stop_gradient(feats)
-        hidden, extract = FeatureProjection(cfg, self.dtype, name="feature_projection")(feats,
-                                                                                       train)
-        hidden = jnp.where(mask[:, :, None], hidden, 0)  # what the unpadded pos-conv sees
-        last, states = Encoder(cfg, self.dtype, self.remat, name="encoder")(hidden, mask, train)
-        return Wav2Vec2Output(last_hidden_state=last, hidden_states=tuple(states),
-                              extract_features=extract, frame_mask=mask)
-
-
-# --------------------------------------------------------------------------------------------
 # The SER model
 # --------------------------------------------------------------------------------------------
 
@@ -235,8 +92,8 @@ class Wav2Vec2ForSER(nn.Module):
     dimensional head, 3 for arousal/valence/dominance); ``use_weighted_layer_sum`` (softmax-
     weighted sum of the ``L + 1`` hidden states instead of the last one); ``classifier_proj_size``
     (HF default 256); ``dtype`` compute dtype (params float32; pooling and outputs float32);
-    ``remat`` (per encoder layer); ``per_utterance`` runs the body as ``Wav2Vec2PerUtterance``
-    (rows independent of padding) instead of HF's padded-batch maths.
+    ``remat`` (per encoder layer); ``per_utterance`` runs the body as ``Wav2Vec2Model(
+    per_utterance=True)`` (rows independent of padding) instead of HF's padded-batch maths.
 
     Call: ``input_values [B, N]``, ``attention_mask [B, N]`` or None, ``train`` (dropout and
     LayerDrop, rng ``'dropout'``), ``freeze_feature_encoder``. Returns ``(logits [B, num_classes]
@@ -266,8 +123,7 @@ class Wav2Vec2ForSER(nn.Module):
                  ) -> tuple[Optional[Array], Optional[Array], Array]:
         self._check()
         cfg = self.config
-        body_cls = Wav2Vec2PerUtterance if self.per_utterance else Wav2Vec2Model
-        out = body_cls(cfg, self.dtype, self.remat, name="wav2vec2")(
+        out = Wav2Vec2Model(cfg, self.dtype, self.remat, self.per_utterance, name="wav2vec2")(
             input_values, attention_mask, train=train,
             freeze_feature_encoder=freeze_feature_encoder)
         if self.use_weighted_layer_sum:

@@ -2,7 +2,7 @@
 
 Baevski et al., "wav2vec 2.0: A Framework for Self-Supervised Learning of Speech
 Representations", NeurIPS 2020. The reference we match is transformers 5.24
-``models/wav2vec2/modeling_wav2vec2.py`` (research/paper.md §3.1–3.4). Both families:
+``models/wav2vec2/modeling_wav2vec2.py``. Both families:
 
 * ``feat_extract_norm="group"`` (wav2vec2-base, -large LS-960): only conv 0 is normalised, by
   a per-channel GroupNorm over time; no conv bias by default.
@@ -24,6 +24,13 @@ PyTorch (``W = g · v / ‖v‖``); we store the *effective* kernel ``W`` as a p
 (folded at conversion). The forward pass is identical; when fine-tuning, the optimizer updates
 ``W`` directly instead of ``g`` and ``v`` separately (the weight-norm reparametrisation of the
 gradient is not reproduced).
+
+``Wav2Vec2Model(per_utterance=True)`` computes every row of a zero-padded batch as that
+utterance run alone and unpadded (same parameters). HF's padded maths differs from the
+unpadded one in two places: the base family's conv-0 GroupNorm takes its statistics over all
+frames, padding included (transformers issue #21534), and a model run without an attention
+mask attends to the padding. The per-utterance mode always masks, and takes the GroupNorm
+statistics over each row's valid conv-0 frames.
 
 Not ported: SpecAugment masking (``masked_spec_embed`` is a training-time mask token, dropped
 at conversion), adapters (``add_adapter``, ``adapter_attn_dim``), the quantizer.
@@ -226,20 +233,28 @@ class ChannelGroupNorm(nn.Module):
     """torch ``GroupNorm(num_groups=C, num_channels=C)``: every channel normalised over time.
 
     ``x [B, T, C] -> [B, T, C]``; statistics in float32 over all T frames (padding included,
-    as HF: this makes the base family's outputs depend on padding).
+    as HF: this makes the base family's outputs depend on padding), or with ``n_frames`` (int
+    ``[B]``) over each row's first ``n_frames`` frames only.
     """
 
     epsilon: float = CONV_NORM_EPS
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, n_frames: Optional[Array] = None) -> Array:
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         xf = x.astype(jnp.float32)
-        mean = jnp.mean(xf, axis=1, keepdims=True)
-        var = jnp.mean(jnp.square(xf - mean), axis=1, keepdims=True)
+        if n_frames is None:
+            mean = jnp.mean(xf, axis=1, keepdims=True)
+            var = jnp.mean(jnp.square(xf - mean), axis=1, keepdims=True)
+        else:
+            valid = (jnp.arange(x.shape[1])[None, :] < n_frames[:, None])[:, :, None]
+            # max(n, 1): a row without frames stays finite (its frames are all masked later).
+            n = jnp.maximum(n_frames, 1).astype(jnp.float32)[:, None, None]
+            mean = jnp.sum(jnp.where(valid, xf, 0.0), axis=1, keepdims=True) / n
+            var = jnp.sum(jnp.where(valid, jnp.square(xf - mean), 0.0), axis=1, keepdims=True) / n
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
         return y.astype(self.dtype or x.dtype)
 
@@ -247,14 +262,15 @@ class ChannelGroupNorm(nn.Module):
 class ConvLayer(nn.Module):
     """One feature-encoder layer: strided conv → [norm] → activation. ``[B, L, C_in] ->
     [B, L', conv_dim[i]]``; the norm is GroupNorm (layer 0, "group"), LayerNorm ("layer")
-    or absent, held as ``layer_norm`` like HF."""
+    or absent, held as ``layer_norm`` like HF. ``num_samples`` (int ``[B]``, valid samples per
+    row) restricts the GroupNorm's statistics to the frames that see only valid samples."""
 
     config: Wav2Vec2Config
     layer_id: int
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, num_samples: Optional[Array] = None) -> Array:
         cfg, i = self.config, self.layer_id
         x = nn.Conv(cfg.conv_dim[i], kernel_size=(cfg.conv_kernel[i],),
                     strides=(cfg.conv_stride[i],), padding="VALID", use_bias=cfg.conv_bias,
@@ -263,7 +279,10 @@ class ConvLayer(nn.Module):
         if cfg.feat_extract_norm == "layer":
             x = _layer_norm(CONV_NORM_EPS, self.dtype, "layer_norm")(x)
         elif i == 0:
-            x = ChannelGroupNorm(dtype=self.dtype, name="layer_norm")(x)
+            # Frames of conv 0 that see only valid samples (torch Conv1d output length).
+            n0 = (None if num_samples is None else
+                  (num_samples - cfg.conv_kernel[0]) // cfg.conv_stride[0] + 1)
+            x = ChannelGroupNorm(dtype=self.dtype, name="layer_norm")(x, n0)
         return ACTIVATIONS[cfg.feat_extract_activation](x)
 
 
@@ -274,22 +293,23 @@ class ConvLayers(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, num_samples: Optional[Array] = None) -> Array:
         for i in range(len(self.config.conv_dim)):
-            x = ConvLayer(self.config, i, self.dtype, name=str(i))(x)
+            x = ConvLayer(self.config, i, self.dtype, name=str(i))(x, num_samples)
         return x
 
 
 class FeatureEncoder(nn.Module):
-    """``input_values [B, N] -> [B, T, conv_dim[-1]]``, T = ``feature_lengths(config, N)``."""
+    """``input_values [B, N] -> [B, T, conv_dim[-1]]``, T = ``feature_lengths(config, N)``;
+    ``num_samples`` as ``ConvLayer``'s."""
 
     config: Wav2Vec2Config
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, input_values: Array) -> Array:
+    def __call__(self, input_values: Array, num_samples: Optional[Array] = None) -> Array:
         x = input_values[:, :, None].astype(self.dtype or jnp.float32)
-        return ConvLayers(self.config, self.dtype, name="conv_layers")(x)
+        return ConvLayers(self.config, self.dtype, name="conv_layers")(x, num_samples)
 
 
 class FeatureProjection(nn.Module):
@@ -528,7 +548,11 @@ class Wav2Vec2Model(nn.Module):
 
     Fields: ``config``; ``dtype`` the compute dtype (e.g. ``jnp.bfloat16``; params are always
     float32, norms and softmax run in float32); ``remat`` recomputes each encoder layer in
-    the backward pass (``nn.remat``) to save activation memory.
+    the backward pass (``nn.remat``) to save activation memory; ``per_utterance`` makes every
+    row equal that utterance run alone, unpadded (see the module docstring): the attention is
+    always masked, padded frames zeroed, and the group family's conv-0 GroupNorm uses the row's
+    valid frames. Valid frames of the output then equal HF's ``Wav2Vec2Model`` on
+    ``input_values[b, :n_b]``; padded frames hold finite filler.
 
     Call: ``input_values [B, N]`` float waveforms (normalised as the checkpoint's feature
     extractor says), ``attention_mask`` ``[B, N]`` bool/int or None (HF semantics: only its
@@ -544,11 +568,12 @@ class Wav2Vec2Model(nn.Module):
     config: Wav2Vec2Config
     dtype: Any = jnp.float32
     remat: bool = False
+    per_utterance: bool = False
 
-    def _frame_mask(self, attention_mask: Optional[Array], b: int, t: int) -> Array:
-        if attention_mask is None:
+    def _frame_mask(self, lengths: Optional[Array], b: int, t: int) -> Array:
+        """Valid frames ``[B, t]`` from the valid samples per row (None = all)."""
+        if lengths is None:
             return jnp.ones((b, t), dtype=bool)
-        lengths = jnp.sum(jnp.asarray(attention_mask).astype(jnp.int32), axis=-1)
         concrete = _concrete(lengths)
         if concrete is not None:
             short = [(i, int(n)) for i, n in enumerate(concrete) if n < self.config.receptive_field]
@@ -572,16 +597,22 @@ class Wav2Vec2Model(nn.Module):
             raise ValueError(
                 f"Wav2Vec2Model: waveform of {n} samples is shorter than the conv stack's "
                 f"receptive field of {cfg.receptive_field} samples (it would give no frame)")
-        if attention_mask is not None and tuple(attention_mask.shape) != (b, n):
-            raise ValueError(f"Wav2Vec2Model: attention_mask shape {tuple(attention_mask.shape)} "
-                             f"!= input_values shape {(b, n)}")
-        feats = FeatureEncoder(cfg, self.dtype, name="feature_extractor")(input_values)
+        lengths = None  # valid samples per row; None: every row full length, unmasked
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (b, n):
+                raise ValueError(f"Wav2Vec2Model: attention_mask shape "
+                                 f"{tuple(attention_mask.shape)} != input_values shape {(b, n)}")
+            lengths = jnp.sum(jnp.asarray(attention_mask).astype(jnp.int32), axis=-1)
+        elif self.per_utterance:
+            lengths = jnp.full((b,), n, jnp.int32)
+        feats = FeatureEncoder(cfg, self.dtype, name="feature_extractor")(
+            input_values, lengths if self.per_utterance else None)
         if freeze_feature_encoder:
             feats = jax.lax.stop_gradient(feats)
-        mask = self._frame_mask(attention_mask, b, feats.shape[1])
+        mask = self._frame_mask(lengths, b, feats.shape[1])
         projection = FeatureProjection(cfg, self.dtype, name="feature_projection")
         hidden, extract = projection(feats, train)
-        if attention_mask is not None:
+        if lengths is not None:
             hidden = jnp.where(mask[:, :, None], hidden, 0)  # HF zeroes padded frames here
         last, states = Encoder(cfg, self.dtype, self.remat, name="encoder")(hidden, mask, train)
         return Wav2Vec2Output(last_hidden_state=last, hidden_states=tuple(states),

@@ -28,7 +28,7 @@ import soundfile as sf
 from emosup.data.manifest import Utterance
 from emosup.errors import UserError
 
-# The normalised label set (issue: lower-case English emotion names).
+# The normalised label set: lower-case English emotion names (each corpus's own code stays in `corpus_label`).
 EMOTIONS = ("neutral", "happy", "sad", "angry", "fear", "disgust", "surprise", "contempt", "calm")
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"  # git-lfs pointer files
 SILENCE_LEVEL = 1e-7  # |x| below this everywhere: a silent file (same rule as emosup.audio)

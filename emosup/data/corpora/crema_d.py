@@ -1,7 +1,7 @@
 """CREMA-D → manifest rows.
 
 Expected folder (the GitHub repository CheyneyComputerScience/CREMA-D cloned *with git-lfs*,
-or just its `AudioWAV/` folder; facts: research/ecosystem.md §1.3)::
+or just its `AudioWAV/` folder; file names and labels as in that repository's README.md)::
 
     CREMA-D/AudioWAV/1001_DFA_ANG_XX.wav ...     # {Actor}_{Sentence}_{Emotion}_{Level}.wav
 

@@ -10,7 +10,7 @@ ROOT may be that folder, the folder holding it, or one or two levels above (the 
 folder with speaker folders wins). Mirrors that flatten the split folders
 (`0011/Angry/0011_000351.wav`) are read too, and the two layouts may be mixed.
 
-Facts used (research notes, ecosystem.md §1.5):
+Facts used (the corpus's ReadMe.txt and its folder layout, HLTSingapore/Emotional-Speech-Data):
 * 0001–0010 are Mandarin, 0011–0020 English; male speakers {4,5,6,8,10,11,12,13,14,20}.
 * Each speaker has 350 utterances per emotion, ids 000001–001750 in blocks: Neutral 1–350,
   Angry 351–700, Happy 701–1050, Sad 1051–1400, Surprise 1401–1750; within a block the

@@ -1,6 +1,6 @@
 """IEMOCAP (`IEMOCAP_full_release`) → manifest rows.
 
-Expected folder (facts: research/ecosystem.md §1.2)::
+Expected folder (the release's README.txt and layout)::
 
     IEMOCAP_full_release/
       Session1/ ... Session5/
@@ -47,9 +47,9 @@ from emosup.data.corpora.common import CorpusError
 
 SESSIONS = (1, 2, 3, 4, 5)
 # The standard 4-class set with exc merged into hap (speechbrain
-# recipes/IEMOCAP/iemocap_prepare.py; research/ecosystem.md §1.2).
+# recipes/IEMOCAP/iemocap_prepare.py: 5,531 utterances).
 FOUR_CLASS = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}
-# Further codes (ecosystem.md §1.2); None = no normalised name, kept unlabelled.
+# Further codes of the EmoEvaluation files; None = no normalised name, kept unlabelled.
 OTHER_CLASSES = {"fea": "fear", "sur": "surprise", "dis": "disgust", "fru": None, "oth": None,
                  "xxx": None}
 # A summary line: [start - end] <tab> utterance <tab> code <tab> [V, A, D]. Looser about

@@ -1,6 +1,6 @@
 """MSP-Podcast (releases 1.x and 2.0) → manifest rows.
 
-Expected folder (the release as unpacked; facts: research/ecosystem.md §1.1)::
+Expected folder (the release as unpacked; layout from the release's readme.txt)::
 
     MSP-PODCAST-Publish-1.12/
       Audios/MSP-PODCAST_0001_0008.wav ...      # flat (`Audio/` is accepted too)
@@ -49,7 +49,7 @@ from typing import Dict, List, Optional, Tuple
 from emosup.data.corpora import common
 from emosup.data.corpora.common import CorpusError
 
-# EmoClass codes (research/ecosystem.md §1.1: msplabresearch/MSP-Podcast_Challenge,
+# EmoClass codes (msplabresearch/MSP-Podcast_Challenge:process_labels_for_categorical.py,
 # Strong-AI-Lab/emotion:datasets/MSP-PODCAST/process.py).
 CLASS_CODES = {"A": "angry", "S": "sad", "H": "happy", "U": "surprise", "F": "fear",
                "D": "disgust", "C": "contempt", "N": "neutral"}

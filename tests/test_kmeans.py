@@ -1,13 +1,12 @@
-"""emosup.cluster: batched k-means == scikit-learn per speaker; agreement metrics."""
+"""emosup.pairs.kmeans: batched k-means == scikit-learn per speaker; sharding and scale."""
 import warnings
 
 import jax
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from emosup import cluster as C
+from emosup.pairs import kmeans, packing
 
 SIZES = (40, 75, 13, 120, 9)
 
@@ -25,13 +24,13 @@ def _speaker_data(dtype, seed=0, d=6):
 
 def _compare_with_sklearn(dtype, max_iter, tol, centre_tol):
     x, spk = _speaker_data(dtype)
-    padded, mask, index, names = C.group_by_speaker(x, spk)
+    padded, mask, index, names = packing.group_by_speaker(x, spk)
     k = 4
-    init = np.array(C.kmeans_plusplus_init(3, padded, mask, k), dtype=dtype)
+    init = np.array(kmeans.kmeans_plusplus_init(3, padded, mask, k), dtype=dtype)
     # Empty clusters on the first E-step: one far centre for speaker 0, two for speaker 3.
     init[0, 1] = 100.0
     init[3, 0], init[3, 2] = 60.0, -80.0
-    lab, cen, inertia, n_iter = map(np.asarray, C.batched_kmeans(padded, mask, init,
+    lab, cen, inertia, n_iter = map(np.asarray, kmeans.batched_kmeans(padded, mask, init,
                                                                  max_iter=max_iter, tol=tol))
     assert lab.shape == mask.shape and cen.shape == init.shape and cen.dtype == dtype
     assert np.all(lab[~mask] == -1)
@@ -74,7 +73,7 @@ def test_batched_kmeans_unrelocatable_empty_cluster_matches_sklearn():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn: "Number of distinct clusters (2) found ..."
         km = KMeans(3, init=init, n_init=1, algorithm="lloyd").fit(x)
-    lab, cen, _, n_iter = map(np.asarray, C.batched_kmeans(x[None], np.ones((1, 10), bool),
+    lab, cen, _, n_iter = map(np.asarray, kmeans.batched_kmeans(x[None], np.ones((1, 10), bool),
                                                            init[None]))
     np.testing.assert_array_equal(lab[0], km.labels_)
     np.testing.assert_allclose(cen[0], km.cluster_centers_, atol=1e-6)
@@ -84,15 +83,15 @@ def test_batched_kmeans_unrelocatable_empty_cluster_matches_sklearn():
 
 def test_batched_kmeans_rejects_small_speaker():
     x, spk = _speaker_data(np.float32)
-    padded, mask, _, _ = C.group_by_speaker(x, spk)
+    padded, mask, _, _ = packing.group_by_speaker(x, spk)
     init = np.zeros((len(SIZES), 10, x.shape[1]), np.float32)
     with pytest.raises(ValueError, match=r"speaker row 4 has 9 points < k=10"):
-        C.batched_kmeans(padded, mask, init)
+        kmeans.batched_kmeans(padded, mask, init)
 
 
 def test_group_by_speaker_layout():
     x = np.arange(10, dtype=np.float32).reshape(5, 2)
-    padded, mask, index, names = C.group_by_speaker(x, np.array(["b", "a", "b", "b", "a"]))
+    padded, mask, index, names = packing.group_by_speaker(x, np.array(["b", "a", "b", "b", "a"]))
     assert names == ["a", "b"] and padded.shape == (2, 3, 2)
     np.testing.assert_array_equal(index, [[1, 4, -1], [0, 2, 3]])
     np.testing.assert_array_equal(mask, [[True, True, False], [True, True, True]])
@@ -102,12 +101,12 @@ def test_group_by_speaker_layout():
 def test_kmeans_plusplus_deterministic_and_unmasked():
     x, spk = _speaker_data(np.float32)
     x = x + 5.0  # pads are zeros, far from every real point
-    padded, mask, _, _ = C.group_by_speaker(x, spk)
-    a = np.asarray(C.kmeans_plusplus_init(7, padded, mask, 4))
-    np.testing.assert_array_equal(a, np.asarray(C.kmeans_plusplus_init(7, padded, mask, 4)))
-    assert not np.array_equal(a, np.asarray(C.kmeans_plusplus_init(8, padded, mask, 4)))
+    padded, mask, _, _ = packing.group_by_speaker(x, spk)
+    a = np.asarray(kmeans.kmeans_plusplus_init(7, padded, mask, 4))
+    np.testing.assert_array_equal(a, np.asarray(kmeans.kmeans_plusplus_init(7, padded, mask, 4)))
+    assert not np.array_equal(a, np.asarray(kmeans.kmeans_plusplus_init(8, padded, mask, 4)))
     # Independent of batching: speakers 1 and 3 alone, with their ids.
-    sub = np.asarray(C.kmeans_plusplus_init(7, padded[[1, 3]], mask[[1, 3]], 4,
+    sub = np.asarray(kmeans.kmeans_plusplus_init(7, padded[[1, 3]], mask[[1, 3]], 4,
                                             speaker_ids=[1, 3]))
     np.testing.assert_array_equal(sub, a[[1, 3]])
     for s in range(len(SIZES)):
@@ -116,7 +115,7 @@ def test_kmeans_plusplus_deterministic_and_unmasked():
         d = ((a[s][:, None, :] - pts[None]) ** 2).sum(-1).min(axis=1)
         assert d.max() == 0.0
         assert len({tuple(c) for c in a[s]}) == 4
-    sk = C.kmeans_plusplus_init(2, padded, mask, 3, backend="sklearn")
+    sk = kmeans.kmeans_plusplus_init(2, padded, mask, 3, backend="sklearn")
     assert sk.shape == (len(SIZES), 3, x.shape[1])
 
 
@@ -128,14 +127,14 @@ def test_per_speaker_kmeans_determinism_small_speakers_and_n_init():
     x, spk = _speaker_data(np.float32, seed=1, d=8)
     x = np.concatenate([x, np.ones((3, 8), np.float32)])
     spk = np.concatenate([spk, ["tiny"] * 3])
-    a = C.per_speaker_kmeans(x, spk, 4, seed=0)
-    np.testing.assert_array_equal(a, C.per_speaker_kmeans(x, spk, 4, seed=0))
-    assert not np.array_equal(a, C.per_speaker_kmeans(x, spk, 4, seed=1))
+    a = kmeans.per_speaker_kmeans(x, spk, 4, seed=0)
+    np.testing.assert_array_equal(a, kmeans.per_speaker_kmeans(x, spk, 4, seed=0))
+    assert not np.array_equal(a, kmeans.per_speaker_kmeans(x, spk, 4, seed=1))
     np.testing.assert_array_equal(a[spk == "tiny"], [0, 1, 2])  # n <= k: singletons
     assert a.min() == 0 and a.max() == 3
     # A batch budget that forces one speaker per batch gives the same labels.
-    np.testing.assert_array_equal(a, C.per_speaker_kmeans(x, spk, 4, seed=0, budget=1))
-    b = C.per_speaker_kmeans(x, spk, 4, seed=0, n_init=4)
+    np.testing.assert_array_equal(a, kmeans.per_speaker_kmeans(x, spk, 4, seed=0, budget=1))
+    b = kmeans.per_speaker_kmeans(x, spk, 4, seed=0, n_init=4)
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     better = 0
     for s in np.unique(spk)[:-1]:
@@ -149,7 +148,7 @@ def test_per_speaker_kmeans_determinism_small_speakers_and_n_init():
 def test_global_kmeans_finds_speakers():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(size=(30, 5)) * 0.1 + 3, rng.normal(size=(20, 5)) * 0.1 - 3])
-    lab = C.global_kmeans(x, 2, seed=0, l2_normalize=False)
+    lab = kmeans.global_kmeans(x, 2, seed=0, l2_normalize=False)
     assert len(set(lab[:30])) == 1 and len(set(lab[30:])) == 1 and lab[0] != lab[-1]
 
 
@@ -160,62 +159,9 @@ def test_silhouette_k_finds_blob_count():
         centres = rng.normal(size=(3, 6)) * 3
         xs.append(np.repeat(centres, 12, axis=0) + rng.normal(size=(36, 6)) * 0.05)
         spk += [s] * 36
-    best, scores = C.silhouette_k(np.concatenate(xs), np.array(spk), [2, 3, 4],
+    best, scores = kmeans.silhouette_k(np.concatenate(xs), np.array(spk), [2, 3, 4],
                                   l2_normalize=False)
     assert best == 3 and scores[3] > 0.9 and set(scores) == {2, 3, 4}
-
-
-# ------------------------------------------------------------------------------ metrics
-def test_metrics_match_sklearn():
-    rng = np.random.default_rng(0)
-    worst = 0.0
-    for t in range(200):
-        n = int(rng.integers(1, 50))
-        a = rng.integers(0, rng.integers(1, 6), n)
-        b = a.copy() if t % 9 == 0 else rng.integers(0, rng.integers(1, 7), n)
-        worst = max(worst, abs(C.nmi(a, b) - normalized_mutual_info_score(a, b)),
-                    abs(C.ari(a, b) - adjusted_rand_score(a, b)))
-    assert worst < 1e-12
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for a, b in ([[0, 0, 0], [1, 1, 1]], [[0, 0, 1], [3, 3, 3]], [[0, 1], [0, 1]]):
-            assert C.nmi(a, b) == normalized_mutual_info_score(a, b)
-            assert C.ari(a, b) == adjusted_rand_score(a, b)
-
-
-def test_hand_computed_purity_and_accuracy():
-    true = np.array(["a", "a", "a", "a", "b", "b"])
-    pred = np.array([0, 0, 1, 1, 2, 2])
-    np.testing.assert_array_equal(C.contingency(true, pred), [[2, 2, 0], [0, 0, 2]])
-    assert C.purity(true, pred) == 1.0                    # every cluster is pure
-    assert C.cluster_accuracy(true, pred) == pytest.approx(4 / 6)  # one-to-one: a->0, b->2
-    true2 = np.array([0, 0, 0, 1, 1, 2])
-    pred2 = np.array([1, 1, 0, 0, 0, 0])  # k=2 < 3 classes
-    assert C.cluster_accuracy(true2, pred2) == pytest.approx(4 / 6)
-    assert C.purity(true2, pred2) == pytest.approx(4 / 6)
-    m = C.agreement(true, pred)
-    assert set(m) == {"cluster_accuracy", "purity", "nmi", "ari"}
-    assert m == C.agreement_from_contingency(C.contingency(true, pred))
-
-
-def test_cluster_accuracy_permutation_invariant():
-    rng = np.random.default_rng(3)
-    true, pred = rng.integers(0, 4, 80), rng.integers(0, 5, 80)
-    perm = rng.permutation(5) + 10
-    for f in (C.cluster_accuracy, C.purity, C.nmi, C.ari):
-        assert f(true, perm[pred]) == pytest.approx(f(true, pred), abs=1e-12)
-
-
-def test_chance_assignment_keeps_sizes_and_is_seeded():
-    rng = np.random.default_rng(0)
-    spk = rng.integers(0, 4, 100)
-    pred = rng.integers(0, 3, 100)
-    a = C.chance_assignment(pred, 5, spk)
-    for s in range(4):
-        np.testing.assert_array_equal(np.sort(a[spk == s]), np.sort(pred[spk == s]))
-    assert not np.array_equal(a, pred)
-    np.testing.assert_array_equal(a, C.chance_assignment(pred, 5, spk))
-    assert not np.array_equal(a, C.chance_assignment(pred, 6, spk))
 
 
 # ------------------------------------------------------------------------------ scale
@@ -236,15 +182,15 @@ def _one_device_labels():
     from emosup import parallel
 
     x, spk = _ragged()
-    return C.per_speaker_kmeans(x, spk, 3, seed=5, mesh=parallel.make_mesh(jax.devices()[:1]))
+    return kmeans.per_speaker_kmeans(x, spk, 3, seed=5, mesh=parallel.make_mesh(jax.devices()[:1]))
 
 
 def test_sharded_equals_one_device(monkeypatch):
     assert len(jax.devices()) == 8  # conftest's fake CPU devices
-    monkeypatch.setattr(C, "_SUB_ELEMS", _SMALL_SUB)
+    monkeypatch.setattr(packing, "_SUB_ELEMS", _SMALL_SUB)
     x, spk = _ragged()
     sizes = np.unique(spk, return_counts=True)[1]
-    for slot_ids, m, b in C._plan(sizes[sizes > 3], x.shape[1], 1 << 26, 8):
+    for slot_ids, m, b in packing.plan(sizes[sizes > 3], x.shape[1], 1 << 26, 8):
         per_device = (slot_ids.reshape(8, -1) >= 0).sum(axis=1)
         assert (per_device > 0).sum() >= 6, (m, b, per_device)  # the speakers really spread
     ref = _one_device_labels()
@@ -252,12 +198,12 @@ def test_sharded_equals_one_device(monkeypatch):
     # choice of k): the same labels. (Outputs all-gathered on the devices, the multi-host
     # path, are tested by the 2-process test below; batched_kmeans and kmeans_plusplus_init
     # run on all 8 devices in the sklearn tests above.)
-    np.testing.assert_array_equal(C.per_speaker_kmeans(x, spk, 3, seed=5, k_max=5), ref)
+    np.testing.assert_array_equal(kmeans.per_speaker_kmeans(x, spk, 3, seed=5, k_max=5), ref)
 
 
 def test_plan_buckets_and_shapes():
     sizes = np.array([5] * 30 + [9] * 1000 + [40] * 400 + [33] + [100] * 7)
-    calls = C._plan(sizes, 192, 1 << 26, 4)
+    calls = packing.plan(sizes, 192, 1 << 26, 4)
     ms = [m for _, m, _ in calls]
     assert ms == sorted(ms, reverse=True) and set(ms) == {128, 64, 16}  # the 5s joined the 9s
     got = np.concatenate([ids[ids >= 0] for ids, _, _ in calls])
@@ -265,7 +211,7 @@ def test_plan_buckets_and_shapes():
     for ids, m, b in calls:
         assert len(ids) % (4 * b) == 0 and b >= 2 and (sizes[ids[ids >= 0]] <= m).all()
     # A small budget splits a bucket into calls of one shape.
-    calls = C._plan(np.full(1000, 9), 192, 1 << 16, 2)
+    calls = packing.plan(np.full(1000, 9), 192, 1 << 16, 2)
     assert len(calls) > 1 and len({len(ids) for ids, _, _ in calls}) == 1
 
 
@@ -276,11 +222,12 @@ import jax, numpy as np
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 sys.path.insert(0, sys.argv[3])
-from test_cluster import _ragged
-from emosup import cluster, parallel
-cluster._SUB_ELEMS = int(sys.argv[4])
+from test_kmeans import _ragged
+from emosup import parallel
+from emosup.pairs import kmeans, packing
+packing._SUB_ELEMS = int(sys.argv[4])
 x, spk = _ragged()
-lab = cluster.per_speaker_kmeans(x, spk, 3, seed=5, mesh=parallel.make_mesh())
+lab = kmeans.per_speaker_kmeans(x, spk, 3, seed=5, mesh=parallel.make_mesh())
 print("LABELS", jax.process_index(), jax.device_count(), " ".join(map(str, lab)), flush=True)
 """
 
@@ -303,7 +250,7 @@ def test_two_processes_global_mesh_equal_one_process(monkeypatch):
                               env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    monkeypatch.setattr(C, "_SUB_ELEMS", _SMALL_SUB)
+    monkeypatch.setattr(packing, "_SUB_ELEMS", _SMALL_SUB)
     ref = _one_device_labels()  # meanwhile
     outs = [p.communicate(timeout=300)[0] for p in procs]
     for i, (p, out) in enumerate(zip(procs, outs)):
@@ -321,12 +268,12 @@ def test_bench_kmeans_rows_on_tiny_sizes(monkeypatch, capsys):
     import io
     import subprocess
 
-    from emosup import bench
+    from emosup.bench import kmeans
 
     real_run = subprocess.run
 
     def fake_run(cmd, **kwargs):
-        if "bench._kmeans_child(" not in cmd[-1]:
+        if "kmeans.kmeans_child(" not in cmd[-1]:
             return real_run(cmd, **kwargs)
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
@@ -335,7 +282,7 @@ def test_bench_kmeans_rows_on_tiny_sizes(monkeypatch, capsys):
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     # Two sizes whose speakers, for every k, fill one padded shape: 3 programs to compile.
-    rows = bench.bench_kmeans(sizes=(400, 480), n_speakers=40, dim=16, k=3, repeats=1, cap_s=60.0,
+    rows = kmeans.bench_kmeans(sizes=(400, 480), n_speakers=40, dim=16, k=3, repeats=1, cap_s=60.0,
                               silhouette_sizes=(400,), target_size=480)
     out = capsys.readouterr().out
     assert [r["mode"] for r in rows] == ["fixed", "fixed", "silhouette"]

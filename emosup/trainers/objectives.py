@@ -1,6 +1,6 @@
 """Pretraining objectives: variables, loss functions and the train step of each.
 
-Objectives (PAPER.md Claims 2–3; the forms are our choices, exposed in config.loss):
+Objectives (docs/method.md §Objectives; the forms are emosup's choices, exposed in config.loss):
 * `speaker`      AAM-softmax over training speakers (m=0.2, s=30, SpeechBrain's values).
 * `contrastive`  intra-speaker InfoNCE on projected embeddings of (anchor, positive,
                  K negatives) from the pair table, both directions, temperature τ.
@@ -18,14 +18,8 @@ import jax.numpy as jnp
 import optax
 
 from emosup import audio, losses
+from emosup.config_lib import OBJECTIVES, uses_pairs
 from emosup.models.heads import ProjectionHead
-
-OBJECTIVES = ("speaker", "contrastive", "multitask", "adversarial")
-PAIR_OBJECTIVES = ("contrastive", "multitask", "adversarial")
-
-
-def uses_pairs(objective):
-    return objective in PAIR_OBJECTIVES
 
 
 def uses_speakers(objective):

@@ -1,4 +1,4 @@
-"""How the pretraining objectives are composed (emosup.tasks), checked through their gradients.
+"""How the pretraining objectives are composed (emosup.trainers.objectives), checked through their gradients.
 
 multitask   L = L_con + λ · L_spk                 (λ = loss.speaker_weight)
 adversarial L = L_con + GRL_g(L_spk)              (g = loss.grl_scale)
@@ -12,12 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emosup import config_lib, tasks
+from emosup import config_lib
+from emosup.trainers import objectives
 from emosup.models.ecapa import PRESETS
-from emosup.models.speaker import build_encoder
+from emosup.models.encoders import build_encoder
 
 # One worker computes the module's gradients once (xdist would otherwise repeat them).
-pytestmark = pytest.mark.xdist_group("tasks")
+pytestmark = pytest.mark.xdist_group("objectives")
 
 B, K, CROP = 4, 2, 8000  # anchors, negatives per anchor, 0.5 s crops
 SPEAKERS = 3
@@ -34,7 +35,7 @@ def _loss_cfg(**overrides):
 def setup():
     encoder = build_encoder({"encoder": "ecapa", "ecapa": dict(PRESETS["tiny"]),
                              "features": {"n_mels": 80, "mean_norm": "sentence"}})
-    variables = tasks.init_variables("multitask", encoder, _loss_cfg(), SPEAKERS, jax.random.key(0),
+    variables = objectives.init_variables("multitask", encoder, _loss_cfg(), SPEAKERS, jax.random.key(0),
                                      (1, 1 + CROP // 160, 80))
     rng = np.random.default_rng(0)
     batch = {"audio": jnp.asarray(0.1 * rng.standard_normal((B, 2 + K, CROP)), jnp.float32),
@@ -46,7 +47,7 @@ def setup():
 
 def _grad(objective, setup, loss_cfg=None):
     encoder, variables, batch = setup
-    loss_fn = tasks.make_loss_fn(objective, encoder, loss_cfg or _loss_cfg())
+    loss_fn = objectives.make_loss_fn(objective, encoder, loss_cfg or _loss_cfg())
 
     def total(params):
         loss, (_, metrics) = loss_fn(params, variables["batch_stats"], batch)
@@ -112,7 +113,7 @@ def test_lambda_scales_the_speaker_term_in_the_loss(setup, grads):
 
 def _contrastive_loss(setup, batch):
     encoder, variables, _ = setup
-    loss_fn = tasks.make_loss_fn("contrastive", encoder, _loss_cfg())
+    loss_fn = objectives.make_loss_fn("contrastive", encoder, _loss_cfg())
     return float(jax.jit(loss_fn)(variables["params"], variables["batch_stats"], batch)[0])
 
 

@@ -2,45 +2,44 @@
 
   python -m emosup.train --config=configs/finetune.py:init=runs/mt --workdir=runs/ft
 
+One trainer (`fit`) for both encoders: the ECAPA-TDNN with a SerHead (`ser_ecapa.run(config,
+workdir)`) and the wav2vec2 arms (`ser_w2v2.run(config, workdir, corpus, arm)`). They
+differ only in the model, the loss terms besides the SER loss, and how an utterance is scored;
+rows, targets, optimiser, dev selection, checkpoints, calibration and the results follow here.
+
 Roles of the rows (emosup.data.corpus): the labelled pool (`labelled` split of the synthetic
 corpus, `train` rows of a CSV) gives `labels_per_class` utterances per class for training
 (0 = all of them, the corpora's standard protocols);
 dev is the CSV's `dev` rows or, without them, a seeded `dev_fraction` of the pool's speakers
 (never the ones trained on); the test rows' speakers are unseen in fine-tuning.
 
-Schedule: the encoder is frozen (running BatchNorm statistics, learning rate 0) for
-`freeze_steps`, then trained with `lr_encoder`; the head always learns with `lr_head`.
-Every `eval_every` steps dev is scored (macro-F1; mean CCC for a dimensional-only head)
-and the best variables are kept; the test split is scored once with them. The history
-records each evaluation with the training losses averaged over the steps since the
-previous one. After every dev evaluation the state, the best variables and the history are
-checkpointed in `workdir/checkpoints`: rerunning a killed run's command resumes it and ends
-with the same results as an unbroken run.
+Schedule: the encoder is frozen (learning rate 0; ECAPA also keeps its running BatchNorm
+statistics) for `freeze_steps`, then trained with `lr_encoder`; the head always learns with
+`lr_head`. Every `eval_every` steps dev is scored (macro-F1; mean CCC for a dimensional-only
+head) and the best variables are kept; the test split is scored once with them. The history
+records each evaluation with the training losses averaged over the steps since the previous
+one. After every dev evaluation the state, the best variables, the history and the skipped
+files are checkpointed in `workdir/checkpoints`: rerunning a killed run's command resumes it
+and ends with the same results as an unbroken run.
 
 Calibration (categorical heads): with the best-dev variables one temperature T is fitted on the
 dev logits (`calibrate`); results.json reports it with the expected calibration error (ECE) on
-dev and test before and after dividing the logits by T, and model.json stores it with the head
-(`ser.temperature`) for `emosup.predict`.
+dev and test before and after dividing the logits by T, and (ECAPA) model.json stores it with
+the head (`ser.temperature`) for `emosup.predict`.
 """
-import json
 import pathlib
-import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from flax.training import train_state
 
-from emosup import audio, checkpoint, config_lib, errors, logs, losses, metrics, parallel, run_config
+from emosup import audio, checkpoint, config_lib, losses, metrics, parallel, run_config
 from emosup.data import corpus as corpus_lib
 from emosup.data import pipeline
-from emosup.embed import Encoder, embed_paths, shortest_input
 from emosup.models import ecapa
-from emosup.models.heads import SerHead
-from emosup.models.speaker import build_encoder
+from emosup.trainers import loop
 
 DIMENSIONS = ("arousal", "valence", "dominance")
 _TARGETS = ("categorical", "dimensional", "both")
@@ -50,11 +49,7 @@ MIN_CALIBRATION_ROWS = 10
 ROW_ARRAYS = ("probabilities", "logits", "labels")
 
 
-class FinetuneState(train_state.TrainState):
-    batch_stats: dict
-
-
-def _split_rows(config, corpus):
+def split_rows(config, corpus):
     """(train rows, dev rows, test rows, classes) following the roles in the module docstring."""
     m = corpus.manifest
     pool = [u for u in m.select(split=corpus.finetune_split) if u.emotion]
@@ -94,7 +89,8 @@ def _split_rows(config, corpus):
     return train_rows, dev, test, classes
 
 
-def _dims(rows, where):
+def dimension_targets(rows, where):
+    """[N, 3] arousal, valence, dominance of `rows`; a row without them fails, named by `where`."""
     values = [[getattr(u, d) for d in DIMENSIONS] for u in rows]
     missing = [u.id for u, v in zip(rows, values) if any(x is None for x in v)]
     if missing:
@@ -103,26 +99,31 @@ def _dims(rows, where):
     return np.array(values, np.float32)
 
 
-def _init_encoder(config):
-    """(model_config, variables, encoder module) from `config.init` or a fresh preset."""
-    if config.init:
-        model_config, variables = checkpoint.load_encoder_variables(config.init)
-        return model_config, variables
-    kwargs = dict(ecapa.PRESETS[config.model.preset])
-    model_config = {"encoder": "ecapa", "ecapa": kwargs, "features": {"n_mels": 80, "mean_norm": "sentence"},
-                    "preset": config.model.preset, "source": "scratch"}
-    return model_config, None
-
-
-def evaluate(encoder, head, head_params, rows, classes, target, batch_per_device=8):
-    """Scores rows (full utterances) → dict of metrics, confusion matrix, probabilities."""
-    emb, _, valid = embed_paths(encoder, [u.path for u in rows], batch_per_device=batch_per_device,
-                                progress="evaluate")
-    logits, dims = head.apply({"params": head_params}, jnp.asarray(np.nan_to_num(emb)))
-    out = scores(logits, dims, valid, rows, classes)
+def ser_loss(logits, dims, batch, class_weights):
+    """Class-weighted cross-entropy of `logits` plus the CCC loss of `dims` (each when not None)."""
+    loss = 0.0
     if logits is not None:
-        out["probabilities"] = np.asarray(jax.nn.softmax(logits, -1))[valid]
-    return out
+        loss += losses.weighted_cross_entropy(logits, batch["labels"], class_weights, batch["weights"])
+    if dims is not None:
+        loss += losses.ccc_loss(dims, batch["dims"], batch["weights"])
+    return loss
+
+
+def optimizer(config, labels, *, encoder, head, frozen=None):
+    """Clipped AdamW over the parameter groups `labels` names: group `encoder` at learning rate 0
+    for `ser.freeze_steps` steps, then a cosine decay from `lr_encoder`; group `head` a cosine
+    decay from `lr_head` throughout; group `frozen` (when given) never updated."""
+    freeze = int(config.ser.freeze_steps)
+    enc_lr = optax.join_schedules(
+        [optax.constant_schedule(0.0),
+         optax.cosine_decay_schedule(config.optim.lr_encoder, max(config.total_steps - freeze, 1), 0.1)],
+        [freeze])
+    head_lr = optax.cosine_decay_schedule(config.optim.lr_head, config.total_steps, 0.1)
+    transforms = {encoder: optax.adamw(enc_lr, weight_decay=config.optim.weight_decay),
+                  head: optax.adamw(head_lr, weight_decay=config.optim.weight_decay)}
+    if frozen:
+        transforms[frozen] = optax.set_to_zero()
+    return optax.chain(optax.clip_by_global_norm(config.optim.grad_clip), optax.multi_transform(transforms, labels))
 
 
 def scores(logits, dims, valid, rows, classes):
@@ -143,15 +144,21 @@ def scores(logits, dims, valid, rows, classes):
                    logits=row_logits, labels=labels)
     if dims is not None:
         stats = metrics.CCCStats(len(DIMENSIONS))
-        stats.update(np.asarray(dims)[valid], _dims(rows, "evaluation")[valid])
+        stats.update(np.asarray(dims)[valid], dimension_targets(rows, "evaluation")[valid])
         ccc = stats.value()
         out.update({f"ccc_{d}": float(c) for d, c in zip(DIMENSIONS, ccc)}, ccc_mean=float(np.mean(ccc)))
     return out
 
 
+def selection_score(result, target):
+    """The dev score variables are selected on: macro-F1, or mean CCC for a dimensional head."""
+    return result["macro_f1"] if target != "dimensional" else result["ccc_mean"]
+
+
 def restore(ckpt, state, skip_log):
     """(state, start step, history, best variables, best dev score) from the last checkpoint
-    `ckpt` holds, or the fresh start (state, 0, [], None, -inf)."""
+    `ckpt` holds (its skipped files added to `skip_log`), or the fresh start (state, 0, [],
+    None, -inf)."""
     restored, meta, extras = ckpt.restore(state, extra=("best",))
     if restored is None:
         return state, 0, [], None, -np.inf
@@ -162,17 +169,13 @@ def restore(ckpt, state, skip_log):
     return restored, int(meta["step"]), meta["history"], extras["best"], best_score
 
 
-def window_means(window):
-    """Each training metric averaged over the steps of `window` (a list of per-step metric
-    dicts, device values), which is then emptied: the history records the mean since the
-    previous evaluation, not one batch's value."""
+def _window_means(steps, done, window):
+    """Each training metric averaged over the steps of `window` (per-step metric dicts, device
+    values), which is then emptied; a NaN/Inf loss among them stops the run (NonFiniteError)."""
     host = jax.device_get(window)
     window.clear()
+    steps.check_finite(done, sum(not np.isfinite(m["loss"]) for m in host))
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-
-
-def _selection_score(result, target):
-    return result["macro_f1"] if target != "dimensional" else result["ccc_mean"]
 
 
 def calibrate(dev, test, target):
@@ -244,166 +247,103 @@ def format_test(result, workdir):
     return "\n".join(lines)
 
 
-def run(config, workdir, corpus=None):
-    """Fine-tunes and evaluates; writes results.json, confusion.png and variables/ into workdir."""
-    with errors.config_errors():
-        validate(config)
+def fit(model, config, workdir, corpus=None):
+    """Fine-tunes `model` (ser_ecapa.EcapaSer or ser_w2v2.Wav2Vec2Ser, built and validated by
+    their `run`) and evaluates it; writes results.json into workdir (the ECAPA encoder also
+    confusion.png and the model folder for `emosup.predict`)."""
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     # A resume must continue the same run: stop now if the saved config differs.
     run_config.prepare(workdir, config, resuming=run_config.holds_state(workdir, ("results.json",)),
-                       what="fine-tuning")
+                       ignore=model.ignore, what=model.what)
     corpus = corpus or corpus_lib.open_corpus(config.data, workdir)
-    train_rows, dev_rows, test_rows, classes = _split_rows(config, corpus)
+    train_rows, dev_rows, test_rows, classes = split_rows(config, corpus)
     target = config.ser.target
     n_classes = len(classes) if target in ("categorical", "both") else 0
     n_dims = len(DIMENSIONS) if target in ("dimensional", "both") else 0
     logging.info("finetune: %d training utterances (%s per class), %d dev, %d test; classes %s",
                  len(train_rows), config.ser.labels_per_class, len(dev_rows), len(test_rows), classes)
 
-    # --- Model: encoder (init or scratch) + head. ---
+    # --- Model, optimiser, step. ---
     mesh = parallel.make_mesh()
     local_batch = parallel.local_batch_size(config.batch_size, mesh)
-    model_config, init_vars = _init_encoder(config)
-    # What was actually loaded (the weights' fingerprint), not only the path the config names.
-    loaded = (checkpoint.describe_encoder(config.init, model_config, init_vars) if config.init else
-              {"source": "scratch", "preset": config.model.preset})
-    encoder = build_encoder(model_config)
-    head = SerHead(num_classes=n_classes, num_dims=n_dims, hidden=config.ser.head_hidden)
     crop = int(round(config.data.crop_seconds * audio.SAMPLE_RATE))
-    key = jax.random.key(config.seed)
-    k_enc, k_head = jax.random.split(jax.random.fold_in(key, 1))
-    if init_vars is None:
-        init_vars = encoder.init(k_enc, jnp.zeros((1, 1 + crop // audio.HOP, 80)), None, train=False)
-    params = {"encoder": init_vars["params"],
-              "ser_head": head.init(k_head, jnp.zeros((1, encoder.lin_neurons)))["params"]}
-    stats = {"encoder": init_vars.get("batch_stats", {})}
-
-    freeze = int(config.ser.freeze_steps)
-    enc_lr = optax.join_schedules(
-        [optax.constant_schedule(0.0),
-         optax.cosine_decay_schedule(config.optim.lr_encoder, max(config.total_steps - freeze, 1), 0.1)],
-        [freeze])
-    tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip), optax.multi_transform(
-        {"encoder": optax.adamw(enc_lr, weight_decay=config.optim.weight_decay),
-         "ser_head": optax.adamw(optax.cosine_decay_schedule(config.optim.lr_head, config.total_steps, 0.1),
-                                 weight_decay=config.optim.weight_decay)},
-        {"encoder": "encoder", "ser_head": "ser_head"}))
-    state = parallel.replicate(FinetuneState.create(apply_fn=head.apply, params=params, tx=tx,
-                                                    batch_stats=stats), mesh)
-
-    # --- Loss. ---
+    skip_log = pipeline.SkipLog()
+    model.build(corpus, classes, n_classes, n_dims, crop, jax.random.key(config.seed), skip_log)
+    state = parallel.replicate(model.initial_state(), mesh)
     counts = np.bincount([classes.index(u.emotion) for u in train_rows], minlength=len(classes))
     class_w = jnp.asarray(losses.class_weights_from_counts(counts)) if (
         n_classes and config.ser.class_weights) else None
+    train_step = model.train_step(class_w, mesh)
 
-    def make_step(frozen):
-        def loss_fn(params, batch_stats, batch):
-            feats, n_valid = audio.utterance_features(batch["audio"], batch["lengths"])
-            v = {"params": params["encoder"], "batch_stats": batch_stats["encoder"]}
-            if frozen:  # frozen encoder: running statistics, no gradient
-                emb, new = jax.lax.stop_gradient(encoder.apply(v, feats, n_valid, train=False)), batch_stats
-            else:
-                emb, upd = encoder.apply(v, feats, n_valid, train=True, mutable=["batch_stats"])
-                new = {"encoder": upd["batch_stats"]}
-            logits, dims = head.apply({"params": params["ser_head"]}, emb)
-            loss = 0.0
-            if logits is not None:
-                loss += losses.weighted_cross_entropy(logits, batch["labels"], class_w, batch["weights"])
-            if dims is not None:
-                loss += losses.ccc_loss(dims, batch["dims"], batch["weights"])
-            return loss, new
-
-        def step(state, batch):
-            (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.batch_stats, batch)
-            return state.apply_gradients(grads=grads, batch_stats=new), {"loss": loss}
-
-        return jax.jit(step, donate_argnums=0,
-                       in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                       out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
-
-    steps = {True: make_step(True), False: make_step(False)}
-
-    # --- Data. ---
-    skip_log = pipeline.SkipLog()
+    # --- Data: labelled crops (and the arm's pair groups), pure functions of (seed, step). ---
     paths = [u.path for u in train_rows]
     labels = np.array([classes.index(u.emotion) for u in train_rows], np.int32)
-    min_samples, too_short = shortest_input(encoder)
+    min_samples, too_short = model.shortest_input()
     lengths, _ = pipeline.scan_utterances(paths, skip_log, min_samples=min_samples, too_short=too_short)
-    dims_all = _dims(train_rows, corpus.manifest_path) if n_dims else None
+    dims_all = dimension_targets(train_rows, corpus.manifest_path) if n_dims else None
     sampler = pipeline.CropSampler(lengths, crop, config.batch_size, config.seed)
 
-    # --- Resume: the last dev evaluation's checkpoint (state, best variables, history). ---
+    # --- Resume: the last dev evaluation's checkpoint (state, best variables, history, skipped). ---
     ckpt = checkpoint.Checkpointer(workdir, keep=2)
-    writer = logs.Summaries(workdir)  # TensorBoard: train loss, dev and test metrics
     state, start_step, history, best, best_score = restore(ckpt, state, skip_log)
-    batches = pipeline.crop_batches(
-        paths, labels, lengths, crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
-        process_index=jax.process_index(), seed=config.seed, start_step=start_step,
-        num_steps=config.total_steps, skip_log=skip_log) if start_step < config.total_steps else iter(())
+    common = dict(crop_samples=crop, global_batch=config.batch_size, local_batch=local_batch,
+                  process_index=jax.process_index(), seed=config.seed, start_step=start_step,
+                  num_steps=config.total_steps, skip_log=skip_log)
+    batches, pairs = iter(()), None
+    if start_step < config.total_steps:
+        batches = pipeline.crop_batches(paths, labels, lengths, **common)
+        pairs = model.pair_batches(common)
 
     # --- Loop with dev selection; a checkpoint after every dev evaluation. ---
-    eval_enc = Encoder(model_config=model_config, variables=None, name=model_config.get("source"))
-    t0, window = time.time(), []
-    best_dev = None  # the dev scores (logits) of `best` when this run selected it, for calibration
+    steps = loop.Steps(workdir, start_step, config.total_steps, batch_size=config.batch_size,
+                       checkpoint_dir=ckpt.directory, skip_log=skip_log, name=model.log_name)
+    window, best_dev = [], None  # best_dev: the dev scores of `best` when this run selected it
     try:
-        for step in range(start_step, config.total_steps):
+        for step in steps:
             batch = next(batches)
             if dims_all is not None:
                 first = jax.process_index() * local_batch
-                rows = [sampler(step, first + r)[0] for r in range(local_batch)]
-                batch["dims"] = dims_all[rows]
-            state, m = steps[step < freeze](state, parallel.to_global(batch, mesh))
+                batch["dims"] = dims_all[[sampler(step, first + r)[0] for r in range(local_batch)]]
+            if pairs is not None:
+                batch.update(next(pairs))
+            state, m = train_step(step, state, parallel.to_global(batch, mesh))
             window.append(m)
             done = step + 1
+            steps.ran(done, m)
             if done % config.eval_every == 0 or done == config.total_steps:
-                m = window_means(window)
-                host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-                eval_enc.variables = {"params": host["params"]["encoder"],
-                                      "batch_stats": host["batch_stats"]["encoder"]}
-                dev = evaluate(eval_enc, head, host["params"]["ser_head"], dev_rows, classes, target)
-                score = _selection_score(dev, target)
-                writer.scalars(done, {**{f"train/{k}": v for k, v in m.items()},
-                                      **{f"dev/{k}": v for k, v in dev.items()}})
-                history.append({"step": done, "loss": m["loss"], "dev": {
+                m = _window_means(steps, done, window)
+                host = model.host_variables(state)
+                dev = model.evaluate(host, dev_rows)
+                score = selection_score(dev, target)
+                history.append({"step": done, **m, "dev": {
                     k: v for k, v in dev.items() if k not in ROW_ARRAYS + ("confusion",)}})
-                logging.info("finetune step %d/%d  loss %.4f  dev %s %.4f%s  (%.0fs)", done, config.total_steps,
-                             float(m["loss"]), "macro-F1" if target != "dimensional" else "CCC", score,
-                             "  *best*" if score > best_score else "", time.time() - t0)
+                steps.log(done, f"loss {m['loss']:.4f}  dev {'macro-F1' if target != 'dimensional' else 'CCC'} "
+                                f"{score:.4f}{'  *best*' if score > best_score else ''}",
+                          {**{f"train/{k}": v for k, v in m.items()}, **{f"dev/{k}": v for k, v in dev.items()}})
                 if score > best_score or best is None:
                     best, best_score, best_dev = host, score, dev
-                meta = {"step": done, "history": history, "skipped": skip_log.as_dict(),
-                        "best_score": float(best_score) if np.isfinite(best_score) else None}
-                ckpt.save(done, state, json.loads(json.dumps(meta, default=float)), extra={"best": best})
+                loop.save_checkpoint(ckpt, done, state, {
+                    "step": done, "history": history, "skipped": skip_log.as_dict(),
+                    "best_score": float(best_score) if np.isfinite(best_score) else None}, extra={"best": best})
     finally:
         ckpt.close()
 
-    # --- Test with the dev-selected variables. ---
-    eval_enc.variables = {"params": best["params"]["encoder"], "batch_stats": best["batch_stats"]["encoder"]}
-    test = evaluate(eval_enc, head, best["params"]["ser_head"], test_rows, classes, target)
-    writer.scalars(config.total_steps, {f"test/{k}": v for k, v in test.items()})
+    # --- Test with the dev-selected variables; calibration on dev. ---
+    test = model.evaluate(best, test_rows)
+    steps.scalars(config.total_steps, {f"test/{k}": v for k, v in test.items()})
     if n_classes and best_dev is None:  # resumed with `best` from a checkpoint: score dev again
-        best_dev = evaluate(eval_enc, head, best["params"]["ser_head"], dev_rows, classes, target)
+        best_dev = model.evaluate(best, dev_rows)
     calibration = calibrate(best_dev, test, target)
-    best_step = max(history, key=lambda h: _selection_score(h["dev"], target))["step"]
-    result = {"classes": classes, "target": target, "init": config.init or "scratch",
-              "init_encoder": loaded, "seed": config.seed,
+    best_step = max(history, key=lambda h: selection_score(h["dev"], target))["step"]
+    result = {"classes": classes, "target": target, **model.start, "seed": config.seed,
               "labels_per_class": config.ser.labels_per_class, "train_utterances": len(train_rows),
               "dev_utterances": len(dev_rows), "best_step": best_step, "dev_score": best_score,
               "test": {k: v for k, v in test.items() if k not in ROW_ARRAYS}, "history": history,
               "temperature": calibration["temperature"], "calibration": calibration,
-              "skipped": skip_log.as_dict()}
+              "skipped": skip_log.as_dict(), **model.results_extra}
     result["config"] = run_config.CONFIG_JSON
+    loop.write_results(workdir / "results.json", result)
     if jax.process_index() == 0:
-        (workdir / "results.json").write_text(json.dumps(result, indent=2))
-        if n_classes:
-            metrics.plot_confusion_matrix(np.array(test["confusion"]), classes, workdir / "confusion.png",
-                                          title=f"test, init={pathlib.Path(config.init).name or 'scratch'}")
-        ser_config = dict(model_config, ser={"classes": classes if n_classes else [],
-                                             "dimensions": list(DIMENSIONS) if n_dims else [],
-                                             "head_hidden": config.ser.head_hidden,
-                                             "temperature": calibration["temperature"],
-                                             "calibration": calibration})
-        if not (workdir / "variables").exists():
-            checkpoint.export_encoder(workdir, ser_config, {"params": best["params"], "batch_stats": best["batch_stats"]})
+        model.export(workdir, best, test, calibration)
     return result

@@ -1,11 +1,11 @@
-"""emosup.study_report on synthetic embeddings whose within-speaker clusters follow emotion."""
+"""emosup.study on synthetic embeddings whose within-speaker clusters follow emotion."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from emosup import study_report as R
+from emosup.study import report, run
 
 EMOTIONS = ("angry", "happy", "neutral", "sad")
 
@@ -33,7 +33,7 @@ def _synthetic(seed=0, n_speakers=6, d=16):
 @pytest.fixture(scope="module")
 def study():
     x, spk, emo, logmel = _synthetic()
-    res = R.run_study(x, spk, emo, logmel, seed=0, encoder="synthetic", corpus="blobs",
+    res = run.run_study(x, spk, emo, logmel, seed=0, encoder="synthetic", corpus="blobs",
                       split_name="test", k_sweep_max=5)
     return res, (x, spk, emo, logmel)
 
@@ -82,7 +82,7 @@ def test_agreement_values(study):
 
 def test_write_study_files(study, tmp_path):
     res, (x, spk, emo, _) = study
-    paths = R.write_study(res, str(tmp_path), x, spk, emo, max_tsne_speakers=4)
+    paths = report.write_study(res, str(tmp_path), x, spk, emo, max_tsne_speakers=4)
     assert set(paths) == {"json", "md", "tsne", "agreement"}
     for p in paths.values():
         assert os.path.getsize(p) > 0
@@ -92,7 +92,7 @@ def test_write_study_files(study, tmp_path):
     with open(paths["json"], encoding="utf-8") as f:
         assert json.load(f) == res
     md = open(paths["md"], encoding="utf-8").read()
-    table = R.format_table(res)
+    table = report.format_table(res)
     assert table in md
     lines = table.splitlines()
     assert lines[0] == "| Method | Cluster acc. | Purity | NMI | ARI |" and len(lines) == 6
@@ -102,9 +102,9 @@ def test_write_study_files(study, tmp_path):
 
 def test_bad_input_is_named():
     x, spk, emo, logmel = _synthetic(n_speakers=2)
-    with pytest.raises(ValueError, match=r"study_report.py: emotions must have 1 dim\(s\) "
+    with pytest.raises(ValueError, match=r"study/run.py: emotions must have 1 dim\(s\) "
                                          r"and N=\d+ rows"):
-        R.run_study(x, spk, emo[:-1], logmel, encoder="e", corpus="c", split_name="s")
+        run.run_study(x, spk, emo[:-1], logmel, encoder="e", corpus="c", split_name="s")
 
 
 def test_k_is_each_speakers_number_of_emotions():
@@ -113,7 +113,7 @@ def test_k_is_each_speakers_number_of_emotions():
     x, spk, emo, logmel = _synthetic(seed=3)
     keep = (spk != "lonely") & ~(np.isin(spk, ["spk0", "spk1"]) & np.isin(emo, ["happy", "sad"]))
     x, spk, emo, logmel = x[keep], spk[keep], emo[keep], logmel[keep]
-    res = R.run_study(x, spk, emo, logmel, seed=0, encoder="synthetic", corpus="mixed",
+    res = run.run_study(x, spk, emo, logmel, seed=0, encoder="synthetic", corpus="mixed",
                       split_name="test", k_sweep_max=5)
     assert res["k"] is None and res["k_rule"] == "the speaker's number of emotions"
     assert res["k_counts"] == {"2": 2, "4": 4}
@@ -122,9 +122,9 @@ def test_k_is_each_speakers_number_of_emotions():
     # Well-separated blobs: with the right k every speaker's clusters are its emotions. With the
     # union's k = 4, the 2-emotion speakers would split an emotion and score below 1.
     assert all(r["cluster_accuracy"] == 1.0 for r in res["per_speaker"])
-    assert "per speaker: 2 (2 speakers), 4 (4 speakers)" in R._markdown(res).replace(
+    assert "per speaker: 2 (2 speakers), 4 (4 speakers)" in report._markdown(res).replace(
         "the speaker's number of emotions", "per speaker")
-    given = R.run_study(x, spk, emo, logmel, k=3, seed=0, encoder="synthetic", corpus="mixed",
+    given = run.run_study(x, spk, emo, logmel, k=3, seed=0, encoder="synthetic", corpus="mixed",
                         split_name="test", k_sweep_max=5)
     assert given["k"] == 3 and given["k_rule"] == "given" and given["k_counts"] == {"3": 6}
     assert {r["k"] for r in given["per_speaker"]} == {3}
@@ -143,4 +143,4 @@ def test_pair_quality_by_k_rule(study):
     assert q["size 4"]["positive_same_emotion"] == 1.0 and q["size 4"]["negative_other_emotion"] < 1.0
     for v in q.values():
         assert 0.2 < v["chance_positive_same_emotion"] < 0.3  # 4 emotions of ~equal size
-    assert "## Pair tables by k rule" in R._markdown(res)
+    assert "## Pair tables by k rule" in report._markdown(res)
