@@ -255,7 +255,7 @@ def fit(model, config, workdir, corpus=None):
     workdir.mkdir(parents=True, exist_ok=True)
     # A resume must continue the same run: stop now if the saved config differs.
     run_config.prepare(workdir, config, resuming=run_config.holds_state(workdir, ("results.json",)),
-                       ignore=model.ignore, what=model.what)
+                       what=model.what)
     corpus = corpus or corpus_lib.open_corpus(config.data, workdir)
     train_rows, dev_rows, test_rows, classes = split_rows(config, corpus)
     target = config.ser.target

@@ -39,7 +39,7 @@ def evaluate(encoder, head, head_params, rows, classes, target, batch_per_device
 class EcapaSer:
     """The ECAPA-TDNN of `config.init` (or a fresh `config.model.preset`) and its SerHead."""
 
-    what, ignore, log_name = "fine-tuning", (), "finetune"
+    what, log_name = "fine-tuning", "finetune"
     results_extra = {}
 
     def __init__(self, config):

@@ -161,7 +161,6 @@ class Wav2Vec2Ser:
         self.config, self.arm, self.fusion_encoder, self.embedding_cache = config, arm, fusion_encoder, embedding_cache
         self.log_name = f"finetune {arm}"
         self.what = f"{arm} fine-tuning"
-        self.ignore = ()
         self.start, self.results_extra = {"init": f"{arm}: {self.source}"}, {"wav2vec2": self.source}
 
     def build(self, corpus, classes, n_classes, n_dims, crop, key, skip_log):
