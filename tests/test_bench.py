@@ -129,6 +129,15 @@ def test_fbank_and_ecapa_rows_take_their_targets_from_the_times(monkeypatch):
     assert next(planned, None) is None  # each row asked for its times once
 
 
+def test_a_pair_names_the_devices_of_each_side(monkeypatch):
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
+    assert common.devices_of_pair("cpu") == "each side: all 2 CPU cores"
+    monkeypatch.setattr(common.jax, "default_backend", lambda: "gpu")
+    assert common.devices_of_pair("cuda") == "each side: one gpu device"
+    assert common.devices_of_pair("cpu") == ("emosup: one gpu device; the reference: all 2 CPU cores "
+                                             "(it has no gpu path here)")
+
+
 def test_bench_fbank_rows(one_torch_thread):
     rows = fbank.bench_fbank(batch=2, seconds=0.5, repeats=2)
     assert [r["reference"].split(" ")[0] for r in rows] == ["SpeechBrain", "librosa"]
@@ -152,10 +161,16 @@ def one_torch_thread(monkeypatch):
     torch.set_num_threads(before)
 
 
-def test_bench_ecapa_row_has_target_for_c512_and_c1024_only(one_torch_thread):
-    # conftest gives 8 CPU devices: the batch is sharded over them, so B = 8.
+def test_bench_ecapa_row_has_target_for_c512_and_c1024_only(one_torch_thread, monkeypatch):
+    real, built = ecapa._jax_ecapa_step, []
+    monkeypatch.setattr(ecapa, "_jax_ecapa_step", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
     rows = ecapa.bench_ecapa(["tiny"], batch=8, seconds=0.25, repeats=2)
     (row,) = rows
+    # conftest gives 8 CPU devices; the emosup step of the pair runs on one, as PyTorch's does
+    compiled = built[0][2]
+    used = {d for s in jax.tree.leaves(compiled.input_shardings) for d in s.device_set}
+    assert jax.device_count() == 8 and len(used) == 1
+    assert row["devices"] == "each side: all 1 CPU cores"  # one_torch_thread: cpu_count() = 1
     assert row["name"] == "ECAPA train step [tiny] B=8 0.25s"
     _check_paired(row, "SpeechBrain ECAPA_TDNN (PyTorch, cpu)")
     assert row["compile_s"] > 0

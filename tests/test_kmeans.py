@@ -291,6 +291,7 @@ def test_bench_kmeans_rows_on_tiny_sizes(monkeypatch, capsys):
         n_eq, n_spk = map(int, r["labels_equal_speakers"].split("/"))
         assert n_eq == n_spk > 0
         assert r["peak_rss_mb"] >= r["rss_after_data_mb"] > 0
+        assert r["devices"].startswith(f"emosup: {jax.device_count()} cpu device(s); scikit-learn: the host")
     assert isinstance(rows[1]["meets_target"], bool) and "target >= 10x" in out
     assert rows[1]["target"].startswith(">= 10x") and "meets_target" not in rows[0]
     assert 0 < rows[1]["ratio_spread"][0] <= rows[1]["ratio_spread"][1]

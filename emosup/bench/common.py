@@ -82,6 +82,21 @@ def torch_device():
     return torch.device("cpu"), (lambda: None)
 
 
+def _side(backend):
+    return f"all {os.cpu_count()} CPU cores" if backend == "cpu" else f"one {backend} device"
+
+
+def devices_of_pair(reference_backend):
+    """What a paired row gives each side: emosup's paired rows use one JAX device (all cores
+    on a CPU) and PyTorch's device from ``torch_device`` (``reference_backend``: "cpu",
+    "cuda"), or a reference that has only the CPU."""
+    jax_side = _side(jax.default_backend())
+    ref_side = _side("cpu" if reference_backend == "cpu" else jax.default_backend())
+    if jax_side == ref_side:
+        return f"each side: {jax_side}"
+    return f"emosup: {jax_side}; the reference: {ref_side} (it has no {jax.default_backend()} path here)"
+
+
 def interleaved_times(fns, repeats, warmup=1):
     """{name: [seconds per call]}: each round calls every fn once, in turn, so all of them
     see the same machine load (on a shared machine load comes and goes within seconds)."""

@@ -14,13 +14,14 @@ ECAPA_TARGETS = {"c512": 1.5, "c1024": 1.5}  # target: >= 1.5x SpeechBrain's PyT
 
 
 def _jax_ecapa_step(preset, wavs, labels, n_spk, dtype=None):
-    """(run, compile seconds, compiled executable) of emosup's ECAPA train step on one batch;
+    """(run, compile seconds, compiled executable) of emosup's ECAPA train step on one batch
+    and one device (the reference's single device: a fair pair on a multi-GPU machine);
     run() takes one step and returns its metrics. `dtype` (e.g. jnp.bfloat16) is EcapaTdnn's
     computation dtype (parameters stay float32)."""
     from emosup.trainers import pretrain
     from emosup.models.encoders import build_encoder, ecapa_model_config
 
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(jax.devices()[:1])  # PyTorch's step runs on one device too
     enc = build_encoder(ecapa_model_config(preset, None if dtype is None else {"dtype": dtype}))
     feat_shape = (1, 1 + wavs.shape[1] // audio.HOP, 80)
     cfg = ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=2e-6, warmup_steps=0, schedule="constant",
@@ -117,7 +118,8 @@ def bench_ecapa(presets, batch, seconds, repeats):
             times = common.interleaved_times(fns, repeats)
             label = "" if dtype is None else f" {dtype_name}"
             row = common.paired_row(f"ECAPA train step{label} [{preset}] B={b} {seconds:g}s", times["jax"],
-                                    times.get("torch"), compile_s=compile_s, reference=ref_name)
+                                    times.get("torch"), compile_s=compile_s, reference=ref_name,
+                                    devices=common.devices_of_pair(tdev.type if tdev else "cpu"))
             if dtype is not None:  # XLA's FLOP count / time / the device's bf16 peak
                 row["mfu"] = common.mfu(compiled, row["emosup_s"])
             if dtype is None and preset in ECAPA_TARGETS and "reference_s" in row:

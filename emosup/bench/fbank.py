@@ -16,7 +16,7 @@ def bench_fbank(batch, seconds, repeats):
     x = jnp.asarray(wavs)
     jax.block_until_ready(f(x))
     fns = {"jax": lambda: jax.block_until_ready(f(x))}
-    refs = {}
+    refs, tdev = {}, None
     try:
         import torch
         from speechbrain.lobes.features import Fbank
@@ -51,7 +51,8 @@ def bench_fbank(batch, seconds, repeats):
     rows = []
     name = f"Fbank 80 mels B={batch} {seconds:g}s"
     for key, ref_name in refs.items():
-        row = common.paired_row(name, times["jax"], times.get(key), reference=ref_name)
+        devices = common.devices_of_pair(tdev.type if key == "sb" and tdev is not None else "cpu")
+        row = common.paired_row(name, times["jax"], times.get(key), reference=ref_name, devices=devices)
         if key == "sb" and "reference_s" in row:
             common.set_target(row, FBANK_TARGET, ref_name)
         rows.append(row)

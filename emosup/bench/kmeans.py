@@ -5,6 +5,7 @@ import statistics
 import sys
 import time
 
+import jax
 import numpy as np
 
 from emosup.pairs import kmeans as pairs_kmeans
@@ -170,6 +171,9 @@ def bench_kmeans(sizes=(10_000, 100_000, 1_000_000), n_speakers=10_000, dim=192,
         sk = r.get("sklearn")
         if mode == "fixed":
             row["reference"] = "scikit-learn KMeans loop over speakers"
+            # The pair service clusters on every device it has; scikit-learn has only the CPU.
+            row["devices"] = (f"emosup: {jax.device_count()} {jax.default_backend()} device(s); "
+                              "scikit-learn: the host's CPU cores (it has no accelerator version)")
             row["reference_setting"] = sk["setting"]
             row["reference_status"] = sk["status"]
             if sk["status"] == "ok":
@@ -195,6 +199,8 @@ def bench_kmeans(sizes=(10_000, 100_000, 1_000_000), n_speakers=10_000, dim=192,
                           f"{row['labels_equal_speakers']} speakers")
             else:
                 extra += f"\n    sklearn: {sk['status']}; {sk['setting']}"
+            if jax.default_backend() != "cpu":
+                extra += f"\n    devices: {row['devices']}"
             if n == target_size:
                 ok = row.get("ratio") is not None and row["ratio"] >= target
                 row["target"] = f">= {target:g}x the scikit-learn loop (warm)"

@@ -78,7 +78,8 @@ def bench_wav2vec2(quick=False):
                 times = common.interleaved_times(fns, rounds)
                 label = "" if dtype == jnp.float32 else f" {dtype_name}"
                 row = common.paired_row(f"wav2vec2 {what}{label} [{name}] B={b} {seconds:g}s", times["jax"],
-                                        times["torch"], compile_s=compile_s, reference=ref_name)
+                                        times["torch"], compile_s=compile_s, reference=ref_name,
+                                        devices=common.devices_of_pair(tdev.type))
                 if dtype == jnp.bfloat16:  # model FLOPs (XLA's count) / time / the device's peak
                     row["mfu"] = common.mfu(compiled, row["emosup_s"])
                 if what == "forward+backward" and dtype == jnp.float32:
