@@ -23,8 +23,13 @@ def synthetic_corpus_dir(tmp_path_factory):
     return pathlib.Path(out)
 
 
-# The longest files first (minutes each): with `-n 2` the two workers then finish together
-# instead of one idling while the other runs a long file picked up late.
+# The test command (README, .ci/run) runs `-n 2 --dist loadfile --no-loadscope-reorder`: each
+# file runs whole on one worker, so a module fixture (the 2-process job of test_multihost, the
+# shared runs of test_learning and test_objectives, the VoxCeleb download) is computed once,
+# and files are handed out in collection order. The longest files (minutes each) come first,
+# so the two workers finish together instead of one idling while the other runs a long file
+# picked up late. (pytest-xdist's `loadgroup` with `xdist_group` marks does not group under
+# pytest 9: it renames `item._nodeid`, which pytest 9 no longer reads.)
 _LONG_FIRST = ("test_multihost.py", "test_experiment.py", "test_voxceleb_ecapa.py", "test_corpus_experiment.py")
 
 

@@ -28,8 +28,6 @@ from emosup.data import manifest as manifest_lib
 from emosup.trainers import pretrain as pretrain_lib
 from emosup.trainers import ser_ecapa, ser_w2v2
 
-# One worker computes the shared runs below once (xdist would otherwise repeat them).
-pytestmark = pytest.mark.xdist_group("learning")
 
 STEPS, LR = 40, 2e-3
 

@@ -21,9 +21,6 @@ from emosup import checkpoint, distributed, parallel, run_config
 from emosup.trainers import pretrain
 from emosup.data import pipeline
 
-# One worker runs this whole file (pytest -n 2 --dist loadgroup): the 2-process job is a
-# module fixture, and spreading its tests would run it on both workers.
-pytestmark = pytest.mark.xdist_group("multihost")
 
 WORKER = REPO / "tests" / "multihost_worker.py"
 OBJECTIVES = ("speaker", "contrastive", "multitask", "adversarial")

@@ -17,8 +17,6 @@ from emosup.trainers import objectives
 from emosup.models.ecapa import PRESETS
 from emosup.models.encoders import build_encoder
 
-# One worker computes the module's gradients once (xdist would otherwise repeat them).
-pytestmark = pytest.mark.xdist_group("objectives")
 
 B, K, CROP = 4, 2, 8000  # anchors, negatives per anchor, 0.5 s crops
 SPEAKERS = 3

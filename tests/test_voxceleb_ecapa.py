@@ -15,9 +15,6 @@ from emosup.bench import reference
 from emosup.convert import speechbrain_ecapa
 from emosup.models.encoders import Encoder, embed_paths
 
-# One worker fetches and converts it (the download must not race with itself).
-pytestmark = pytest.mark.xdist_group("voxceleb")
-
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
