@@ -19,6 +19,7 @@ Reads are cold in both: while a row is timed a thread drops every file's cached 
 each read goes to the disk, as when a corpus is far larger than the page cache. Where the OS
 has no ``posix_fadvise`` the row says ``"reads": "page cache"``.
 """
+import itertools
 import os
 import queue
 import statistics
@@ -158,18 +159,13 @@ def _loop_time(step, batches, n):
     return wall, idle, blocked
 
 
-def _repeat(batch):
-    while True:
-        yield batch
-
-
 def _loop_times(step, make_iter, batch, steps, repeats, cold):
     """Per repeat, the loop's seconds per step on an in-memory batch and on a fresh live
     pipeline (interleaved, so both see the same load), and the shares of the live loop's time
     the step sat idle waiting for data and the host was blocked in next(batches)."""
     memory, live, idle, blocked = [], [], [], []
     for r in range(repeats):
-        s, _, _ = _loop_time(step, _repeat(batch), steps)
+        s, _, _ = _loop_time(step, itertools.repeat(batch), steps)
         memory.append(s / steps)
         it = make_iter(start_step=1000 + r * (steps + 1), num_steps=1000 + (r + 1) * (steps + 1))
         next(it)  # TensorFlow's start-up is not part of a step
@@ -238,12 +234,12 @@ def bench_pipeline(presets, quick=False, n_files=200, n_speakers=20,
                 step, compile_s = _train_step(objective, preset, batch, n_speakers)
                 memory, live, idle, blocked = _loop_times(step, make_iter, batch, steps=4 if quick else 12,
                                                  repeats=2 if quick else 3, cold=cold)
-                pipe_rate = batch_size / statistics.median(per_batch)
-                step_rate = batch_size / statistics.median(memory)
+                pipe_s, memory_s, live_s = (statistics.median(v) for v in (per_batch, memory, live))
+                pipe_rate, step_rate = batch_size / pipe_s, batch_size / memory_s
                 row = {"name": f"tf.data {source} {what.format(preset)}",
                        # emosup_s = the pipeline's time per batch, reference_s = the step's: the
                        # printed ratio is then pipeline rate / step rate.
-                       "emosup_s": statistics.median(per_batch), "reference_s": statistics.median(memory),
+                       "emosup_s": pipe_s, "reference_s": memory_s,
                        "reference": f"jitted {objective} train step [{preset}]", "compile_s": compile_s,
                        "pipeline_rows_per_s": pipe_rate, "step_rows_per_s": step_rate,
                        "crops_per_row": crops // batch_size, "reads": cold.mode, "internal": True,
@@ -252,16 +248,16 @@ def bench_pipeline(presets, quick=False, n_files=200, n_speakers=20,
                        "target": f">= {PIPELINE_TARGET:g}x",
                        "meets_target": pipe_rate >= PIPELINE_TARGET * step_rate}
                 loop_row = {"name": f"training loop on tf.data {what.format(preset)}",
-                            "emosup_s": statistics.median(live), "reference_s": statistics.median(memory),
+                            "emosup_s": live_s, "reference_s": memory_s,
                             "reference": "the same loop on an in-memory batch", "reads": cold.mode,
                             "internal": True,
                             "live_spread_s": [min(live), max(live)],
                             "memory_spread_s": [min(memory), max(memory)],
-                            "live_rows_per_s": batch_size / statistics.median(live),
+                            "live_rows_per_s": batch_size / live_s,
                             "idle_share": statistics.median(idle),
                             "blocked_share": statistics.median(blocked),
                             "target": f">= {LOOP_TARGET:g}x",
-                            "meets_target": statistics.median(memory) >= LOOP_TARGET * statistics.median(live)}
+                            "meets_target": memory_s >= LOOP_TARGET * live_s}
                 for r in (row, loop_row):
                     rows.append(r)
                     common.print_row(r)
